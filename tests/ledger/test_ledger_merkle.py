@@ -217,7 +217,7 @@ def test_every_proof_verifies_up_to_33_leaves():
         r = tree.root(n)
         for i in range(n):
             merkle.verify_inclusion(tree.leaf(i), i, n, tree.inclusion_proof(i, n), r)
-        for m in range(0, n + 1):
+        for m in range(n + 1):
             merkle.verify_consistency(m, n, tree.root(m), r, tree.consistency_proof(m, n))
 
 

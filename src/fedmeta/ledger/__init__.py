@@ -1,0 +1,25 @@
+"""Tamper-evident, signed ledger of model versions (RFC 9162 Merkle log in SQLite)."""
+
+from fedmeta.ledger.commitments import (
+    RejectedUpdate,
+    RejectReason,
+    SignedUpdate,
+    UpdateVerifier,
+    sign_update,
+)
+from fedmeta.ledger.log import Ledger, TreeHead
+from fedmeta.ledger.run import RunLedger, store_model
+from fedmeta.ledger.verify import verify_ledger
+
+__all__ = [
+    "Ledger",
+    "RejectReason",
+    "RejectedUpdate",
+    "RunLedger",
+    "SignedUpdate",
+    "TreeHead",
+    "UpdateVerifier",
+    "sign_update",
+    "store_model",
+    "verify_ledger",
+]
