@@ -1,0 +1,5 @@
+import sys
+
+from fedmeta.cli import main
+
+sys.exit(main())

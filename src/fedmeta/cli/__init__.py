@@ -1,0 +1,73 @@
+"""The `fedmeta` command: one module per subcommand; library errors become one line + exit code."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from fedmeta.errors import BadInput, FedmetaError
+
+app = typer.Typer(
+    name="fedmeta",
+    help="Privacy-preserving federated meta-learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Privacy-preserving federated meta-learning: `fedmeta run` starts the default demo."""
+
+
+_registered: list[str] = []
+
+
+def _register() -> None:
+    if _registered:
+        return
+    from fedmeta.cli import run  # noqa: F401  (each module adds its commands to `app`)
+
+    for name in ("privacy", "ledger", "keys", "data", "report", "deploy"):
+        try:
+            module = __import__(f"fedmeta.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError as err:
+            if err.name != f"fedmeta.cli.{name}":
+                raise
+            continue
+        module.register(app)
+        _registered.append(name)
+    _registered.append("run")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0 done, 2 bad input, 1 failure during the run."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except BadInput as err:
+        print(f"fedmeta: error: {err}", file=sys.stderr)
+        return 2
+    except FedmetaError as err:
+        print(f"fedmeta: failed: {err}", file=sys.stderr)
+        return 1
+    except (typer.Exit, SystemExit) as err:
+        code = getattr(err, "exit_code", getattr(err, "code", 0))
+        return int(code or 0)
+    except Exception as err:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(err, click.exceptions.UsageError):
+            print(f"fedmeta: error: {err.format_message()}", file=sys.stderr)
+            return 2
+        if isinstance(err, click.exceptions.Abort):
+            print("fedmeta: aborted", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

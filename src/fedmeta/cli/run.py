@@ -1,0 +1,50 @@
+"""`fedmeta run [CONFIG.toml] [--set a.b=v ...] [--out DIR] [--resume DIR]`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fedmeta.cli import app
+from fedmeta.config import load_config
+from fedmeta.errors import BadInput, FedmetaError
+from fedmeta.rundir import RunDir
+
+
+@app.command()
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="Run config (TOML); none = built-in demo.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config value: a.b=v.")] = [],
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<name>-<time>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Datasets folder (else $FEDMETA_DATA).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train, evaluate and report one run; leaves everything in the run folder."""
+    from fedmeta.report import write_report
+    from fedmeta.train import train
+
+    if resume is not None:
+        if config is not None or set_:
+            raise BadInput("--resume", str(resume), "no CONFIG or --set with --resume (the folder's config is used)")
+        folder, cfg = RunDir.open(resume)
+    else:
+        overrides = list(set_) + ([f"data.data_dir={data_dir!r}"] if data_dir else [])
+        cfg = load_config(config, overrides)
+        folder = RunDir.create(out, cfg)
+    print(f"run folder: {folder.path}", file=sys.stderr)
+    try:
+        summary = train(cfg, folder, resume=resume is not None, show_progress=progress)
+    except (BadInput, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        raise FedmetaError(
+            f"{type(err).__name__}: {err} (the run folder is resumable: fedmeta run --resume {folder.path})"
+        ) from err
+    write_report(folder.path)
+    final = summary["final"]
+    figures = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float))
+    print(f"done: {figures}; report: {folder.path / 'report.html'}")

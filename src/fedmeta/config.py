@@ -1,0 +1,140 @@
+"""The configuration of a run: pydantic models, TOML in, validated, errors name the field.
+
+A run is described by one TOML file (see `configs/`), optionally changed by `--set a.b=v`
+overrides, and saved resolved as `config.toml` in the run folder, so `--resume` and a
+third party reading the folder see exactly what ran.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedmeta.errors import ConfigError
+
+PosInt = Annotated[int, Field(ge=1)]
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = "run"
+    seed: int = 0
+
+
+class DataConfig(Section):
+    name: Literal["sinusoid", "omniglot", "digits"] = "digits"
+    data_dir: str | None = None
+    n_way: Annotated[int, Field(ge=2)] = 5
+    k_shot: PosInt = 1
+    k_query: PosInt = 15
+    rotations: bool = True
+    test_alphabets: list[str] | None = None
+    test_classes: list[int] = [5, 6, 7, 8, 9]
+
+
+class ModelConfig(Section):
+    name: Literal["auto", "mlp", "conv4"] = "auto"
+    hidden: list[PosInt] = [40, 40]
+    filters: PosInt = 64
+
+
+class MetaConfig(Section):
+    algorithm: Literal["maml", "fomaml", "reptile", "metasgd", "anil"] = "maml"
+    inner_steps: Annotated[int, Field(ge=0)] = 1
+    inner_lr: PosFloat = 0.01
+    eval_inner_steps: Annotated[int, Field(ge=0)] = 10
+    meta_batch_size: PosInt = 25
+    batching: Literal["auto", "vmap", "loop"] = "auto"
+
+
+class TrainConfig(Section):
+    iterations: PosInt = 1000
+    outer_optimizer: Literal["adam", "sgd"] = "adam"
+    outer_lr: PosFloat = 1e-3
+    eval_every: PosInt = 100
+    eval_tasks: PosInt = 100
+    lake_runs: bool = False
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    meta: MetaConfig = MetaConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "Config":
+        if self.data.name == "sinusoid" and self.model.name == "conv4":
+            raise ConfigError("model.name", "conv4", "sinusoid tasks need model.name = 'mlp'")
+        if self.train.lake_runs and (self.data.name, self.data.n_way, self.data.k_shot) != (
+            "omniglot", 20, 1
+        ):
+            raise ConfigError(
+                "train.lake_runs", True, "needs data.name = 'omniglot', n_way = 20, k_shot = 1"
+            )
+        return self
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+def _field_error(err: ValidationError) -> ConfigError:
+    """The first pydantic error as one ConfigError naming the dotted field."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    field = ".".join(loc) or "config"
+    if first["type"] == "extra_forbidden":
+        section: type[BaseModel] = Config
+        for part in loc[:-1]:
+            section = section.model_fields[part].annotation  # type: ignore[assignment]
+        accepted = ", ".join(section.model_fields)
+        return ConfigError(field, first["input"], f"unknown key; accepted keys here: {accepted}")
+    ctx = first.get("ctx", {})
+    if isinstance(ctx.get("error"), ConfigError):
+        return ctx["error"]
+    return ConfigError(field, first.get("input"), first["msg"])
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", item, "KEY=VALUE with a dotted key, e.g. meta.inner_lr=0.01")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: treat it as a string
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read TOML (or the built-in default when `path` is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config", str(p), "path to an existing TOML file")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError("config", str(p), f"valid TOML ({err})") from None
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(".".join(keys), value, f"{k} is a value, not a section")
+        node[keys[-1]] = value
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise _field_error(err) from None

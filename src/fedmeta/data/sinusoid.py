@@ -1,0 +1,47 @@
+"""Sinusoid regression tasks, the toy problem of Finn et al. 2017 (MAML, section 5.1).
+
+Each task is y = A sin(x - φ) with amplitude A ~ U[0.1, 5], phase φ ~ U[0, π], and
+inputs x ~ U[-5, 5]; K support points and K query points are drawn per task.
+Ranges are parameters so the federated sinusoid can hand each client a region of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fedmeta.data.base import TaskBatch
+
+
+@dataclass(frozen=True)
+class Sinusoid:
+    k_shot: int = 10
+    k_query: int = 10
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+    kind = "regression"
+    n_outputs = 1
+    x_shape = (1,)
+
+    def sample_functions(self, n_tasks: int, generator: torch.Generator):
+        """Amplitudes and phases, each (tasks,)."""
+        u = torch.rand(2, n_tasks, generator=generator)
+        amp = self.amplitude[0] + (self.amplitude[1] - self.amplitude[0]) * u[0]
+        phase = self.phase[0] + (self.phase[1] - self.phase[0]) * u[1]
+        return amp, phase
+
+    def points(self, amp, phase, n: int, generator: torch.Generator):
+        """x (tasks, n, 1) uniform over x_range and y = A sin(x - φ) of the same shape."""
+        lo, hi = self.x_range
+        x = lo + (hi - lo) * torch.rand(amp.shape[0], n, 1, generator=generator)
+        return x, amp[:, None, None] * torch.sin(x - phase[:, None, None])
+
+    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        amp, phase = self.sample_functions(n_tasks, generator)
+        xs, ys = self.points(amp, phase, self.k_shot, generator)
+        xq, yq = self.points(amp, phase, self.k_query, generator)
+        return TaskBatch(xs, ys, xq, yq)

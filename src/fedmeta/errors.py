@@ -1,0 +1,37 @@
+"""Exceptions the library raises; the CLI turns each into one line and an exit code.
+
+`BadInput` and its subclasses mean the user asked for something that cannot run (exit 2);
+anything else raised during a run is a failure (exit 1) that leaves the run folder resumable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FedmetaError(Exception):
+    """Base class of every error fedmeta raises on purpose."""
+
+
+class BadInput(FedmetaError, ValueError):
+    """Input that cannot be used: names the field, the value and what is accepted."""
+
+    def __init__(self, field: str, value: Any, accepted: str):
+        self.field, self.value, self.accepted = field, value, accepted
+        super().__init__(f"{field} = {value!r}: {accepted}")
+
+
+class ConfigError(BadInput):
+    """A configuration value (file, override or incompatible combination) is invalid."""
+
+
+class DataError(BadInput):
+    """A dataset path is missing or malformed, or cannot provide what was asked."""
+
+
+class VerificationError(FedmetaError):
+    """A hash, proof or signature does not check out; the message says expected vs got."""
+
+    def __init__(self, what: str, expected: Any, got: Any):
+        self.what, self.expected, self.got = what, expected, got
+        super().__init__(f"{what}: expected {expected}, got {got}")

@@ -1,0 +1,86 @@
+"""Plots and an HTML report of a run folder, rebuilt from its files alone.
+
+Reads `metrics.jsonl` and `summary.json`; writes one PNG per figure and `report.html`
+that embeds them, so the report is the same whether made at the end of a run or later
+by `fedmeta report DIR`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _series(rows: list[dict], split: str, key: str) -> tuple[list, list]:
+    pts = [(r["round"], r[key]) for r in rows if r.get("split") == split and key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _plot_before_after(rows: list[dict], metric: str, path: Path) -> bool:
+    splits = sorted({r["split"] for r in rows if f"{metric}_after" in r})
+    if not splits:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for split in splits:
+        for when, style in (("before", "--"), ("after", "-")):
+            x, y = _series(rows, split, f"{metric}_{when}")
+            ax.plot(x, y, style, marker=".", label=f"{split}, {when} adaptation")
+    ax.set_xlabel("round")
+    ax.set_ylabel("query " + ("accuracy" if metric == "acc" else "loss"))
+    if metric == "loss":
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write the PNGs and `report.html` of a run folder; returns the HTML path."""
+    run_dir = Path(run_dir)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    figures: dict[str, str] = {}
+    for metric, title in (("loss", "Query loss before and after adaptation"), ("acc", "Query accuracy before and after adaptation")):
+        name = f"{metric}.png"
+        if _plot_before_after(rows, metric, run_dir / name):
+            figures[name] = title
+    last = defaultdict(dict)
+    for r in rows:
+        last[r.get("split", "")] = r
+    table = "".join(
+        f"<tr><td>{html.escape(split)}</td>"
+        + "".join(f"<td>{r.get(k, float('nan')):.4g}</td>" for k in ("loss_before", "loss_after", "acc_before", "acc_after"))
+        + "</tr>"
+        for split, r in last.items()
+    )
+    config = (run_dir / "config.toml").read_text() if (run_dir / "config.toml").exists() else ""
+    body = [
+        f"<h1>fedmeta run: {html.escape(run_dir.name)}</h1>",
+        "<h2>Final evaluation</h2>",
+        "<table><tr><th>split</th><th>loss before</th><th>loss after</th><th>acc before</th><th>acc after</th></tr>",
+        table,
+        "</table>",
+        *(f"<h2>{html.escape(t)}</h2><img src='{n}' alt='{html.escape(t)}'>" for n, t in figures.items()),
+        "<h2>Summary</h2><pre>" + html.escape(json.dumps(summary, indent=2)) + "</pre>",
+        "<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>",
+    ]
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>fedmeta report</title>"
+        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>"
+        "</head><body>" + "\n".join(body) + "</body></html>"
+    )
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out
