@@ -15,33 +15,55 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from fedmeta.errors import VerificationError
+from fedmeta.errors import BadInput, VerificationError
 from fedmeta.ledger import keys
 from fedmeta.ledger.canonical import canonical_json
 from fedmeta.ledger.log import Ledger, TreeHead
-from fedmeta.ledger.merkle import MerkleTree, leaf_hash, verify_consistency
+from fedmeta.ledger.merkle import EMPTY_ROOT, HASH_SIZE, MerkleTree, leaf_hash, verify_consistency
 from fedmeta.ledger.run import MODELS_DIR, model_path
 
 
-def verify_ledger(path: str | Path, public_key: str | None = None, anchor: Any = None) -> None:
+def verify_ledger(
+    path: str | Path,
+    public_key: str | None = None,
+    anchor: Any = None,
+    known_head: tuple[int, str] | None = None,
+) -> None:
     """Verify `ledger.db` (or the run folder holding it).
 
     `public_key` pins the server key (hex); without it the key stored in the ledger is
     used, which only shows the ledger is self-consistent. `anchor` is a `web3.Web3`
     connected to the chain holding the anchors; without it anchors are not looked up.
+    `known_head` is a (size, root hex) the auditor saved earlier, e.g. from `prove`: the
+    latest head must extend it (RFC 9162 consistency proof), which catches a ledger cut
+    back or rewritten since, even by the key's holder.
     """
     if public_key is not None:
         keys.load_public_key(public_key)
+    if known_head is not None:
+        _check_known_head(known_head)
     with Ledger.open(path) as ledger:
         try:
-            _verify(ledger, public_key, anchor)
+            _verify(ledger, public_key, anchor, known_head)
         except sqlite3.DatabaseError as err:
             raise VerificationError(
                 "ledger database", "a readable SQLite ledger", str(err)
             ) from None
 
 
-def _verify(ledger: Ledger, pinned: str | None, anchor: Any) -> None:
+def _check_known_head(known_head: tuple[int, str]) -> None:
+    size, root_hex = known_head
+    try:
+        ok = isinstance(size, int) and size >= 0 and len(bytes.fromhex(root_hex)) == HASH_SIZE
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise BadInput("known_head", known_head, "(tree size >= 0, 64 hex characters of its root)")
+
+
+def _verify(
+    ledger: Ledger, pinned: str | None, anchor: Any, known_head: tuple[int, str] | None
+) -> None:
     server_key = pinned or ledger.public_key
     if ledger.public_key != server_key:
         raise VerificationError("server public key", server_key, ledger.public_key)
@@ -55,7 +77,12 @@ def _verify(ledger: Ledger, pinned: str | None, anchor: Any) -> None:
             raise VerificationError(f"leaf hash of entry {idx}", computed.hex(), stored.hex())
         tree.append(computed)
         entries.append(_parse(idx, body))
-    _check_tree_heads(ledger.tree_heads(), tree, server_key)
+    heads = ledger.tree_heads()
+    _check_tree_heads(heads, tree, server_key)
+    if known_head is not None:
+        size, root_hex = known_head
+        latest = heads[-1] if heads else TreeHead(0, EMPTY_ROOT, 0, b"", "")
+        _check_consistency(tree, size, bytes.fromhex(root_hex), latest, "known tree head")
     _check_entries(entries, ledger.path.parent, server_key, tree, anchor)
 
 
@@ -79,20 +106,37 @@ def _check_tree_heads(heads: list[TreeHead], tree: MerkleTree, server_key: str) 
         head.verify(server_key)
         if head.size > tree.size:
             raise VerificationError(f"entries under {where}", head.size, tree.size)
+        computed = tree.root(head.size)
+        if computed != head.root:
+            raise VerificationError(f"root of {where}", head.root.hex(), computed.hex())
         if previous is not None:
             if head.timestamp_ms < previous.timestamp_ms:
                 raise VerificationError(
                     f"timestamp of {where}", f">= {previous.timestamp_ms}", head.timestamp_ms
                 )
-            proof = tree.consistency_proof(previous.size, head.size)
-            verify_consistency(previous.size, head.size, previous.root, head.root, proof)
-        computed = tree.root(head.size)
-        if computed != head.root:
-            raise VerificationError(f"root of {where}", head.root.hex(), computed.hex())
+            # implied by the root checks here; it is what an auditor holding only the heads runs
+            _check_consistency(tree, previous.size, previous.root, head, "previous tree head")
         previous = head
     signed = previous.size if previous else 0
     if signed != tree.size:
         raise VerificationError("entries covered by the latest signed tree head", signed, tree.size)
+
+
+def _check_consistency(tree: MerkleTree, size: int, root: bytes, head: TreeHead, what: str) -> None:
+    if size > head.size:
+        raise VerificationError(
+            f"size of the tree head at size {head.size}", f">= {what} {size}", head.size
+        )
+    try:
+        verify_consistency(
+            size, head.size, root, head.root, tree.consistency_proof(size, head.size)
+        )
+    except VerificationError as err:
+        raise VerificationError(
+            f"{what} (size {size}) is a prefix of the tree head at size {head.size}",
+            err.expected,
+            err.got,
+        ) from None
 
 
 def _file_sha256(path: Path) -> str:
