@@ -22,10 +22,28 @@ COMPLETE = "complete"
 SECAGG_PLUS = "secagg+"
 
 
-def default_degree(n: int) -> int:
-    """Even degree about 3 log2(n) (Bell et al.'s O(log n)), or n-1 when that is not smaller."""
-    k = 2 * math.ceil(1.5 * math.log2(max(n, 2)))
-    return min(n - 1, k)
+def min_threshold(degree: int) -> int:
+    """Smallest threshold over a neighbourhood of `degree` + 1 holders: a strict majority."""
+    return (degree + 1) // 2 + 1
+
+
+def degree_for(n: int, dropout_rate: float = 0.1, failure: float = 1e-6) -> int:
+    """Smallest even degree at which, with each client dropping independently at
+    `dropout_rate`, the chance that any of the n clients keeps fewer than
+    `min_threshold(degree)` live neighbours is at most `failure` (union bound over an exact
+    binomial tail); n - 1 (the complete graph) when no smaller degree does. This is the
+    O(log n) degree of Bell et al., Sec. 3, for our majority threshold.
+    """
+    if not 0 <= dropout_rate < 1 or not 0 < failure < 1:
+        raise ConfigError("(dropout_rate, failure)", (dropout_rate, failure), "both in [0, 1)")
+    live = 1 - dropout_rate
+    for k in range(2, n - 1, 2):
+        tail = sum(
+            math.comb(k, i) * live**i * dropout_rate ** (k - i) for i in range(min_threshold(k))
+        )
+        if n * tail <= failure:
+            return k
+    return max(n - 1, 1)
 
 
 def neighbours(

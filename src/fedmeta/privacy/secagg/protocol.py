@@ -36,7 +36,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fedmeta.errors import ConfigError, FedmetaError
 from fedmeta.privacy.secagg import prg
 from fedmeta.privacy.secagg.encoding import FixedPointCodec
-from fedmeta.privacy.secagg.graph import COMPLETE, SECAGG_PLUS, default_degree, neighbours
+from fedmeta.privacy.secagg.graph import (
+    COMPLETE,
+    SECAGG_PLUS,
+    degree_for,
+    min_threshold,
+    neighbours,
+)
 from fedmeta.privacy.secagg.messages import (
     AdvertiseKeys,
     KeyBroadcast,
@@ -86,7 +92,7 @@ class SecAggConfig:
     clip: float  # inputs are clipped to [-clip, clip] before encoding
     bits: int = 32  # ring Z_{2^bits}
     neighbourhood: str = COMPLETE  # "complete" (SecAgg) or "secagg+" (Bell et al.)
-    degree: int | None = None  # SecAgg+ neighbours per client; None: graph.default_degree
+    degree: int | None = None  # SecAgg+ neighbours per client; None: graph.degree_for(n)
     session: bytes = b""  # fresh public value per aggregation: graph seed and HKDF salt
 
     def __post_init__(self) -> None:
@@ -104,13 +110,11 @@ class SecAggConfig:
             raise ConfigError("degree", self.degree, f"None or {n - 1} for the complete graph")
         if self.degree is None:
             full = self.neighbourhood == COMPLETE
-            object.__setattr__(self, "degree", n - 1 if full else default_degree(n))
-        holders = self.degree + 1
+            object.__setattr__(self, "degree", n - 1 if full else degree_for(n))
         # t > holders/2: a server lying about who dropped cannot collect both b_u and s_u^SK
-        if not holders // 2 < self.threshold <= holders:
-            raise ConfigError(
-                "threshold", self.threshold, f"an integer in [{holders // 2 + 1}, {holders}]"
-            )
+        lowest, holders = min_threshold(self.degree), self.degree + 1
+        if not lowest <= self.threshold <= holders:
+            raise ConfigError("threshold", self.threshold, f"an integer in [{lowest}, {holders}]")
         _ = (self.codec, self.graph)  # built now so that bad parameters raise here
 
     @cached_property
