@@ -1,0 +1,67 @@
+"""`fedmeta data download omniglot` and `fedmeta data info`: fetch and inspect datasets."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedmeta.errors import DataError
+
+DATA_DIR_HELP = "Folder holding omniglot/ (or the omniglot folder itself); default $FEDMETA_DATA."
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help=DATA_DIR_HELP)]
+Parts = Annotated[
+    list[str] | None, typer.Option("--part", help="Omniglot archive to fetch (repeatable).")
+]
+
+
+def download(
+    dataset: Annotated[str, typer.Argument(help="Dataset to fetch: omniglot.")],
+    data_dir: DataDir = None,
+    part: Parts = None,
+) -> None:
+    """Download a dataset from its official source."""
+    from fedmeta.data.omniglot import download_omniglot
+
+    if dataset != "omniglot":
+        raise DataError("dataset", dataset, "omniglot (digits ship with scikit-learn)")
+    base = data_dir or os.environ.get("FEDMETA_DATA")
+    if not base:
+        raise DataError("--data-dir", None, "a folder to download into, or set FEDMETA_DATA")
+    dest = Path(base).expanduser()
+    dest = dest if dest.name == "omniglot" else dest / "omniglot"
+    for path in download_omniglot(dest, tuple(part)) if part else download_omniglot(dest):
+        typer.echo(f"{path} ({path.stat().st_size:,} bytes)")
+
+
+def info(data_dir: DataDir = None) -> None:
+    """Print the Omniglot alphabets and characters found, and the default split."""
+    from fedmeta.data.omniglot import default_test_alphabets, load_omniglot, resolve_data_dir
+
+    root = resolve_data_dir(None if data_dir is None else str(data_dir), field="--data-dir")
+    images = load_omniglot(root)
+    counts = Counter(images.alphabets)
+    held_out = set(default_test_alphabets(images))
+    typer.echo(f"omniglot: {root}")
+    typer.echo(f"sources: {', '.join(sorted(set(images.sets)))}")
+    for alphabet in sorted(counts):
+        split = "test" if alphabet in held_out else "train"
+        typer.echo(f"  {alphabet:<45} {counts[alphabet]:>4} characters  {split}")
+    n_all, n_test = len(images.alphabets), sum(counts[a] for a in held_out)
+    typer.echo(f"{len(counts)} alphabets, {n_all} characters x {images.images.shape[1]} drawers")
+    typer.echo(
+        f"default split: train {n_all - n_test} characters, "
+        f"test {n_test} ({', '.join(sorted(held_out))})"
+    )
+    lake = any((root / n).exists() for n in ("all_runs.zip", "all_runs"))
+    typer.echo(f"Lake et al. one-shot runs: {'present' if lake else 'absent'}")
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Fetch and inspect datasets.", no_args_is_help=True)
+    data_app.command("download")(download)
+    data_app.command("info")(info)
+    app.add_typer(data_app, name="data")
