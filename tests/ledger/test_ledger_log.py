@@ -231,6 +231,7 @@ def test_rejections_are_recorded(run):
     with Ledger.open(run.dir) as ledger:
         entries = [json.loads(body) for _, body, _ in ledger.entries()]
     assert entries[2]["type"] == "rejection" and entries[2]["reason"] == "replay"
+    assert entries[2]["round"] == 2 and "for round 1" in entries[2]["detail"]
     assert entries[3]["rejected"] == [{k: v for k, v in entries[2].items() if k != "type"}]
 
 

@@ -73,11 +73,18 @@ class RejectReason(StrEnum):
 
 
 class RejectedUpdate(VerificationError):
-    """An update the server refuses; `reason` is a `RejectReason`."""
+    """An update the server refuses in `round`; `reason` is a `RejectReason`."""
 
-    def __init__(self, reason: RejectReason, update: SignedUpdate, expected: Any, got: Any):
-        self.reason, self.client_id, self.round = reason, update.client_id, update.round
-        super().__init__(f"update from {update.client_id!r} rejected ({reason})", expected, got)
+    def __init__(
+        self, reason: RejectReason, update: SignedUpdate, round: int, expected: Any, got: Any
+    ):
+        self.reason, self.client_id, self.round = reason, update.client_id, round
+        super().__init__(
+            f"round {round}: update from {update.client_id!r} for round {update.round} "
+            f"rejected ({reason})",
+            expected,
+            got,
+        )
 
     def record(self) -> dict[str, Any]:
         """The JSON-ready form the ledger stores."""
@@ -106,6 +113,7 @@ class UpdateVerifier:
             raise RejectedUpdate(
                 RejectReason.UNKNOWN_KEY,
                 update,
+                round,
                 f"one of {len(self.registered)} registered clients",
                 update.client_id,
             )
@@ -114,21 +122,32 @@ class UpdateVerifier:
             verify_signature(public, message, bytes.fromhex(update.signature), "update signature")
         except (VerificationError, ValueError):
             raise RejectedUpdate(
-                RejectReason.BAD_SIGNATURE, update, f"a signature by {public}", update.signature
+                RejectReason.BAD_SIGNATURE,
+                update,
+                round,
+                f"a signature by {public}",
+                update.signature,
             ) from None
         got = commitment(update_bytes)
         if got != update.commitment:
-            raise RejectedUpdate(RejectReason.COMMITMENT_MISMATCH, update, update.commitment, got)
+            raise RejectedUpdate(
+                RejectReason.COMMITMENT_MISMATCH, update, round, update.commitment, got
+            )
         if update.round > round:
-            raise RejectedUpdate(RejectReason.WRONG_ROUND, update, f"round {round}", update.round)
+            raise RejectedUpdate(
+                RejectReason.WRONG_ROUND, update, round, f"round {round}", update.round
+            )
         if update.round < round:
-            raise RejectedUpdate(RejectReason.REPLAY, update, f"round {round}", update.round)
+            raise RejectedUpdate(RejectReason.REPLAY, update, round, f"round {round}", update.round)
         if update.signature in self._signatures or (update.client_id, got) in self._commitments:
-            raise RejectedUpdate(RejectReason.REPLAY, update, "an update not accepted before", got)
+            raise RejectedUpdate(
+                RejectReason.REPLAY, update, round, "an update not accepted before", got
+            )
         if (update.client_id, round) in self._accepted_in_round:
             raise RejectedUpdate(
                 RejectReason.REPLAY,
                 update,
+                round,
                 f"one update per client in round {round}",
                 "a second one",
             )
