@@ -209,7 +209,7 @@ def test_run_ledger_resumes_and_refuses_misuse(run):
         RunLedger.open(run.dir, keys.generate())
     with (
         RunLedger.open(run.dir, run.server_key) as writer,
-        pytest.raises(BadInput, match="after the `end`"),
+        pytest.raises(BadInput, match="only anchors after the `end`"),
     ):
         writer.rejection(4, "client-0", "replay")
     with pytest.raises(BadInput, match="no ledger exists"):
@@ -277,3 +277,13 @@ def test_known_head_catches_truncation_and_rewrites_by_the_key_holder(run):
     )
     with pytest.raises(BadInput, match="known_head"):
         verify_ledger(run.dir, known_head=(4, "xyz"))
+
+
+def test_only_anchors_may_follow_the_end(tmp_path):
+    run = build_run(tmp_path / "run", rounds=1)
+    with Ledger.open(run.dir, run.server_key) as raw:
+        raw.append([{"type": "rejection", "round": 9, "client_id": "x", "reason": "replay"}])
+    with pytest.raises(
+        VerificationError, match="after the end entry: expected anchor, got rejection"
+    ):
+        verify_ledger(run.dir)

@@ -92,8 +92,8 @@ class RunLedger:
     def _append(self, entry: dict[str, Any]) -> TreeHead:
         if entry["type"] != "start" and self.run_id is None:
             raise BadInput("ledger entry", entry["type"], "a `start` entry first")
-        if self.ended:
-            raise BadInput("ledger entry", entry["type"], "nothing after the `end` entry")
+        if self.ended and entry["type"] != "anchor":
+            raise BadInput("ledger entry", entry["type"], "only anchors after the `end` entry")
         head = self.ledger.append([entry])
         self._track(entry)
         return head

@@ -155,9 +155,9 @@ def _check_model(run_dir: Path, sha256_hex: str, idx: int) -> None:
 
 
 class _RunState:
-    def __init__(self, run_dir: Path, server_key: str, tree: MerkleTree, anchor: Any, count: int):
+    def __init__(self, run_dir: Path, server_key: str, tree: MerkleTree, anchor: Any):
         self.run_dir, self.server_key, self.tree, self.anchor = run_dir, server_key, tree, anchor
-        self.count = count
+        self.ended = False
         self.last_round: int | None = None
         self.last_model: str | None = None
 
@@ -165,7 +165,7 @@ class _RunState:
 def _check_entries(
     entries: list[dict[str, Any]], run_dir: Path, server_key: str, tree: MerkleTree, anchor: Any
 ) -> None:
-    state = _RunState(run_dir, server_key, tree, anchor, len(entries))
+    state = _RunState(run_dir, server_key, tree, anchor)
     for idx, entry in enumerate(entries):
         try:
             _check_entry(idx, entry, state)
@@ -177,6 +177,8 @@ def _check_entries(
 
 def _check_entry(idx: int, entry: dict[str, Any], state: _RunState) -> None:
     kind = entry.get("type")
+    if state.ended and kind != "anchor":
+        raise VerificationError(f"type of entry {idx}, after the end entry", "anchor", kind)
     if kind == "start":
         if idx != 0:
             raise VerificationError("position of the start entry", 0, idx)
@@ -199,8 +201,7 @@ def _check_entry(idx: int, entry: dict[str, Any], state: _RunState) -> None:
         if state.last_model is not None and entry["final_model_sha256"] != state.last_model:
             raise VerificationError("final model", state.last_model, entry["final_model_sha256"])
         _check_model(state.run_dir, entry["final_model_sha256"], idx)
-        if idx != state.count - 1:
-            raise VerificationError("position of the end entry", state.count - 1, idx)
+        state.ended = True
     elif kind == "anchor":
         size = entry["size"]
         if not 0 < size <= idx:
