@@ -1,0 +1,67 @@
+"""`fedmeta privacy`: ε of a DP-SGD / DP-FedAvg schedule, and the σ that meets a target ε."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from fedmeta.errors import BadInput
+from fedmeta.privacy.accountant import KINDS, Steps, epsilon_of, noise_multiplier_for
+
+T = TypeVar("T")
+
+privacy_app = typer.Typer(
+    help="Privacy accounting for Poisson-subsampled Gaussian steps.", no_args_is_help=True
+)
+
+
+def _as_options(compute: Callable[[], T]) -> T:
+    """Run `compute`, renaming a bad library argument after the command-line option."""
+    try:
+        return compute()
+    except BadInput as err:
+        raise BadInput("--" + err.field.replace("_", "-"), err.value, err.accepted) from err
+
+
+@privacy_app.command()
+def epsilon(
+    noise_multiplier: float = typer.Option(..., help="Noise multiplier σ (noise std / clip)."),
+    sample_rate: float = typer.Option(..., help="Poisson sampling rate q in (0, 1]."),
+    steps: int = typer.Option(..., help="Number of steps (or rounds)."),
+    delta: float = typer.Option(..., help="δ in (0, 1)."),
+) -> None:
+    """Print ε at δ after STEPS subsampled Gaussian steps, by RDP and by PLD accounting."""
+    for kind in KINDS:
+        eps = _as_options(
+            lambda kind=kind: epsilon_of(
+                (Steps(noise_multiplier, sample_rate, steps),), delta, kind
+            )
+        )
+        typer.echo(f"epsilon ({kind.upper()}) = {eps:.6g}")
+
+
+@privacy_app.command()
+def noise(
+    target_epsilon: float = typer.Option(..., help="Privacy budget ε > 0."),
+    sample_rate: float = typer.Option(..., help="Poisson sampling rate q in (0, 1]."),
+    steps: int = typer.Option(..., help="Number of steps (or rounds)."),
+    delta: float = typer.Option(..., help="δ in (0, 1)."),
+    accountant: str = typer.Option("rdp", help="Accounting method: rdp or pld."),
+) -> None:
+    """Print the smallest noise multiplier σ that keeps ε at δ within the target."""
+    sigma = _as_options(
+        lambda: noise_multiplier_for(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,  # type: ignore[arg-type]
+        )
+    )
+    typer.echo(f"noise multiplier sigma = {sigma:.6g} ({accountant.upper()})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(privacy_app, name="privacy")

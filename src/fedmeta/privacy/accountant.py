@@ -1,0 +1,212 @@
+"""Privacy accounting for Poisson-subsampled Gaussian steps, on Google's dp_accounting.
+
+Each step is `PoissonSampledDpEvent(q, GaussianDpEvent(σ))` (the subsampled Gaussian of
+Abadi et al., CCS 2016, "Deep Learning with Differential Privacy"); runs of identical
+steps are `SelfComposedDpEvent`s and the whole history one `ComposedDpEvent`. ε(δ) comes
+from Rényi DP (Mironov, CSF 2017; `dp_accounting.rdp.RdpAccountant`) or privacy loss
+distributions (Koskela et al. 2020, Doroshenko et al. 2022; `dp_accounting.pld.
+PLDAccountant`). The state is the list of (σ, q, count) runs, so a checkpoint stores
+numbers and ε is recomputed on load. Privacy arguments are keyword-only, as in Opacus.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import dp_accounting
+
+from fedmeta.errors import BadInput, FedmetaError
+
+Kind = Literal["rdp", "pld"]
+KINDS: tuple[Kind, ...] = ("rdp", "pld")
+
+
+@dataclass(frozen=True)
+class Steps:
+    """`count` identical steps of the Gaussian mechanism with noise multiplier σ at rate q."""
+
+    noise_multiplier: float
+    sample_rate: float
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            raise BadInput("noise_multiplier", self.noise_multiplier, "σ > 0 (finite)")
+        if not 0 < self.sample_rate <= 1:
+            raise BadInput("sample_rate", self.sample_rate, "a rate q in (0, 1]")
+        if not (isinstance(self.count, int) and self.count >= 1):
+            raise BadInput("steps", self.count, "an integer >= 1")
+
+    def dp_event(self) -> dp_accounting.DpEvent:
+        return _event(self.noise_multiplier, self.sample_rate, self.count)
+
+
+def _event(sigma: float, q: float, count: int) -> dp_accounting.DpEvent:
+    """Unchecked, so calibration may probe σ = 0 (where ε is infinite)."""
+    step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    return dp_accounting.SelfComposedDpEvent(step, count)
+
+
+def _check_kind(kind: str) -> Kind:
+    if kind not in KINDS:
+        raise BadInput("accountant", kind, "one of " + ", ".join(KINDS))
+    return kind  # type: ignore[return-value]
+
+
+def _check_delta(delta: float) -> float:
+    if not 0 < delta < 1:
+        raise BadInput("delta", delta, "a probability δ in (0, 1)")
+    return float(delta)
+
+
+def _check_epsilon(epsilon: float) -> float:
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise BadInput("target_epsilon", epsilon, "ε > 0 (finite)")
+    return float(epsilon)
+
+
+def _fresh(kind: Kind) -> dp_accounting.PrivacyAccountant:
+    return dp_accounting.rdp.RdpAccountant() if kind == "rdp" else dp_accounting.pld.PLDAccountant()
+
+
+@functools.lru_cache(maxsize=256)
+def epsilon_of(history: tuple[Steps, ...], delta: float, kind: Kind = "rdp") -> float:
+    """ε at δ of running `history` in order (0 for an empty history)."""
+    kind, delta = _check_kind(kind), _check_delta(delta)
+    if not history:
+        return 0.0
+    event = dp_accounting.ComposedDpEvent([s.dp_event() for s in history])
+    return float(_fresh(kind).compose(event).get_epsilon(delta))
+
+
+def _appended(history: tuple[Steps, ...], steps: Steps) -> tuple[Steps, ...]:
+    """`history` followed by `steps`, merging with the last run when σ and q match."""
+    if history:
+        last = history[-1]
+        if (last.noise_multiplier, last.sample_rate) == (steps.noise_multiplier, steps.sample_rate):
+            merged = Steps(last.noise_multiplier, last.sample_rate, last.count + steps.count)
+            return history[:-1] + (merged,)
+    return history + (steps,)
+
+
+class Accountant:
+    """Running ε of a training run; `kind` is "rdp" or "pld"."""
+
+    def __init__(self, kind: Kind = "rdp") -> None:
+        self.kind = _check_kind(kind)
+        self.history: tuple[Steps, ...] = ()
+
+    def step(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
+        """Record `steps` Poisson-subsampled Gaussian steps (σ = noise_multiplier, q = sample_rate)."""
+        self.history = _appended(self.history, Steps(noise_multiplier, sample_rate, steps))
+
+    def epsilon(self, delta: float) -> float:
+        """ε spent so far at δ."""
+        return epsilon_of(self.history, delta, self.kind)
+
+    def would_exceed(
+        self,
+        *,
+        target_epsilon: float,
+        delta: float,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int = 1,
+    ) -> bool:
+        """True if taking the given steps next would push ε at δ above target_epsilon."""
+        target_epsilon = _check_epsilon(target_epsilon)
+        nxt = _appended(self.history, Steps(noise_multiplier, sample_rate, steps))
+        return epsilon_of(nxt, delta, self.kind) > target_epsilon
+
+    def state_dict(self) -> dict:
+        """Plain numbers for a checkpoint: the kind and the (σ, q, count) runs."""
+        return {
+            "kind": self.kind,
+            "history": [[s.noise_multiplier, s.sample_rate, s.count] for s in self.history],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Accountant:
+        acc = cls(state["kind"])
+        for sigma, q, count in state["history"]:
+            acc.step(noise_multiplier=float(sigma), sample_rate=float(q), steps=int(count))
+        return acc
+
+
+def noise_multiplier_for(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: Kind = "rdp",
+    tol: float = 1e-4,
+) -> float:
+    """Smallest σ (within tol) whose `steps` steps at rate q spend at most target ε at δ.
+
+    Uses `dp_accounting.calibrate_dp_mechanism` (bracketing, then Brent's method), which
+    returns a σ on the feasible side of the target.
+    """
+    target_epsilon, delta = _check_epsilon(target_epsilon), _check_delta(delta)
+    kind = _check_kind(accountant)
+    Steps(1.0, sample_rate, steps)  # validates q and steps
+    try:
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                lambda: _fresh(kind),
+                lambda sigma: _event(sigma, sample_rate, steps),
+                target_epsilon,
+                delta,
+                tol=tol,
+            )
+        )
+    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as err:
+        raise FedmetaError(
+            f"no noise multiplier σ found for target ε={target_epsilon:g} at δ={delta:g} "
+            f"(q={sample_rate:g}, {steps} steps, {kind}): {err}"
+        ) from err
+
+
+def max_steps_for(
+    *,
+    target_epsilon: float,
+    delta: float,
+    noise_multiplier: float,
+    sample_rate: float,
+    accountant: Kind = "rdp",
+) -> int:
+    """Largest number of steps with σ at rate q whose ε at δ stays at most target ε."""
+    target_epsilon, delta = _check_epsilon(target_epsilon), _check_delta(delta)
+    kind = _check_kind(accountant)
+    Steps(noise_multiplier, sample_rate, 1)  # validates σ and q
+
+    def eps(count: int) -> float:
+        return epsilon_of((Steps(noise_multiplier, sample_rate, count),), delta, kind)
+
+    if eps(1) > target_epsilon:
+        raise BadInput(
+            "target_epsilon",
+            target_epsilon,
+            f"at least ε={eps(1):.4g}, the cost of one step with σ={noise_multiplier:g}, "
+            f"q={sample_rate:g} at δ={delta:g}",
+        )
+    count = int(
+        dp_accounting.calibrate_dp_mechanism(
+            lambda: _fresh(kind),
+            lambda c: _event(noise_multiplier, sample_rate, max(int(c), 1)),
+            target_epsilon,
+            delta,
+            bracket_interval=dp_accounting.LowerEndpointAndGuess(1, 2),
+            discrete=True,
+        )
+    )
+    # Brent's method lands within one step of the boundary; settle it exactly.
+    count = max(count, 1)
+    while count > 1 and eps(count) > target_epsilon:
+        count -= 1
+    while eps(count + 1) <= target_epsilon:
+        count += 1
+    return count
