@@ -8,7 +8,7 @@ import pytest
 from fedmeta.errors import ConfigError
 from fedmeta.privacy.secagg import protocol
 from fedmeta.privacy.secagg.encoding import FixedPointCodec
-from fedmeta.privacy.secagg.graph import neighbours
+from fedmeta.privacy.secagg.graph import degree_for, min_threshold, neighbours
 from fedmeta.privacy.secagg.messages import UnmaskRequest
 from fedmeta.privacy.secagg.protocol import (
     Phase,
@@ -156,3 +156,14 @@ def test_threshold_must_exceed_half_the_neighbourhood() -> None:
         SecAggConfig(tuple(range(10)), 5, 4, 1.0)
     with pytest.raises(ConfigError, match="degree"):
         SecAggConfig(tuple(range(10)), 3, 4, 1.0, neighbourhood="secagg+", degree=3)
+
+
+@pytest.mark.parametrize(("n", "rate"), [(100, 0.1), (500, 0.3), (1000, 0.05)])
+def test_degree_for_is_the_smallest_meeting_the_failure_bound(n: int, rate: float) -> None:
+    binom = pytest.importorskip("scipy.stats").binom
+    k = degree_for(n, rate, failure=1e-3)
+
+    def failure(k: int) -> float:  # P(some client keeps fewer than a majority of holders)
+        return n * binom.cdf(min_threshold(k) - 1, k, 1 - rate)
+
+    assert k % 2 == 0 and failure(k) <= 1e-3 < failure(k - 2)
