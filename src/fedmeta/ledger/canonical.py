@@ -4,8 +4,8 @@ Keys sorted, no whitespace, UTF-8, no NaN/Infinity: for the values the ledger ho
 (strings, integers, finite floats, booleans, null, lists, objects with ASCII keys) this is
 one byte string per value. It is not full RFC 8785 (JCS): Python prints some floats
 differently (``1e-05`` vs JCS ``1e-5``). A maintained JCS package (``rfc8785``) is not among
-the project's dependencies; since every verifier hashes the stored bytes and only uses this
-encoding to reject entries that are not in it, the difference never reaches a hash.
+the project's dependencies; since verifiers hash the stored bytes, never a re-encoding,
+the difference never reaches a hash.
 """
 
 from __future__ import annotations

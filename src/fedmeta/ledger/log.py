@@ -91,7 +91,9 @@ class Ledger:
                 "server key", keys.public_key_hex(key), f"the ledger's key {self.public_key}"
             )
         self.clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000
-        self._tree = self._load_tree()
+        if key is not None:  # one fsync per batch while writing; a single file at rest
+            conn.execute("PRAGMA journal_mode=WAL")
+        self._tree_cache: MerkleTree | None = None
 
     @classmethod
     def create(cls, path: str | Path, server_key: Ed25519PrivateKey) -> Ledger:
@@ -127,6 +129,8 @@ class Ledger:
         return cls(conn, path, server_key)
 
     def close(self) -> None:
+        if self._key is not None:
+            self._conn.execute("PRAGMA journal_mode=DELETE")
         self._conn.close()
 
     def __enter__(self) -> Self:
@@ -141,9 +145,13 @@ class Ledger:
             raise BadInput("ledger", str(self.path), f"a ledger with meta key {key!r}")
         return row[0]
 
-    def _load_tree(self) -> MerkleTree:
-        rows = self._conn.execute("SELECT leaf_hash FROM entries ORDER BY idx")
-        return MerkleTree([bytes(h) for (h,) in rows])
+    @property
+    def _tree(self) -> MerkleTree:
+        """The tree over the stored leaf hashes, loaded on first use (verify never uses it)."""
+        if self._tree_cache is None:
+            rows = self._conn.execute("SELECT leaf_hash FROM entries ORDER BY idx")
+            self._tree_cache = MerkleTree([bytes(h) for (h,) in rows])
+        return self._tree_cache
 
     @property
     def size(self) -> int:
@@ -178,7 +186,7 @@ class Ledger:
                     (head.size, head.root, head.timestamp_ms, head.signature, head.key_id),
                 )
         except BaseException:
-            self._tree = self._load_tree()  # the transaction rolled back; so does the tree
+            self._tree_cache = None  # the transaction rolled back; so does the tree
             raise
         return head
 
