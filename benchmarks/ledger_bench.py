@@ -4,7 +4,8 @@
 
 Entries are update-commitment records (~0.6 KB of canonical JSON, 8 clients each) of a
 type that carries no model file, so the figures are hashing, signing, SQLite and JSON.
-The peer for the tree is the RFC's recursive MTH definition (as written in the tests).
+The peer for the tree is the RFC's recursive MTH definition (as written in the tests),
+recomputed for each tree-head size; our level tree hashes every leaf once.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def bench(n: int, batch: int, workdir: Path) -> dict[str, float | int]:
         leaves = [stored for _, _, stored in ledger.entries()]
         doc = ledger.prove(n // 2)
     tree = MerkleTree(leaves)
-    levels_s = timed(lambda: MerkleTree(leaves).root())
-    recursive_s = timed(lambda: recursive_mth(leaves))
+    build_s = timed(lambda: MerkleTree(leaves))
+    sizes = [n * k // 10 for k in range(1, 11)]  # roots of ten tree heads, as verify needs
+    levels_s = timed(lambda: [tree.root(m) for m in sizes])
+    recursive_s = timed(lambda: [recursive_mth(leaves[:m]) for m in sizes])
     if recursive_mth(leaves) != tree.root():
         raise RuntimeError("level tree and recursive MTH disagree")
     return {
@@ -71,8 +74,9 @@ def bench(n: int, batch: int, workdir: Path) -> dict[str, float | int]:
         "inclusion hashes": len(tree.inclusion_proof(n // 2)),
         "consistency hashes": len(tree.consistency_proof(n // 2 + 1)),
         "prove JSON bytes": len(json.dumps(doc)),
-        "tree root s": levels_s,
-        "recursive root s": recursive_s,
+        "tree build s": build_s,
+        "10 roots s": levels_s,
+        "10 roots recursive s": recursive_s,
     }
 
 
@@ -93,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(
             f"n={row['entries']}: batching x{row['append/s (batch)'] / row['append/s (single)']:.1f} "
-            f"appends/s; level tree x{row['recursive root s'] / row['tree root s']:.1f} "
-            "faster than the recursive MTH"
+            f"appends/s; roots at ten sizes x{row['10 roots recursive s'] / row['10 roots s']:.0f} "
+            "faster from the level tree than by the recursive MTH"
         )
     return 0
 

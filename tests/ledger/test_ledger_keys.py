@@ -55,3 +55,10 @@ def test_bad_names_and_files(tmp_path):
     (tmp_path / "junk.pem").write_text("not a key")
     with pytest.raises(BadInput):
         keys.load_private_key(tmp_path / "junk.pem")
+
+
+def test_load_or_create_is_stable(tmp_path):
+    first = keys.load_or_create_private_key(tmp_path / "keys" / "server.pem")
+    again = keys.load_or_create_private_key(tmp_path / "keys" / "server.pem")
+    assert keys.public_key_hex(first) == keys.public_key_hex(again)
+    assert stat.S_IMODE((tmp_path / "keys" / "server.pem").stat().st_mode) == 0o600

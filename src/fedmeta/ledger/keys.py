@@ -77,6 +77,17 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     return key
 
 
+def load_or_create_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """The key at `path`, generated and saved (mode 0600) on first use; for resumable runs."""
+    path = Path(path)
+    if path.exists():
+        return load_private_key(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = generate()
+    save_private_key(key, path)
+    return key
+
+
 def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
     return key.sign(message)
 
