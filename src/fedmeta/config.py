@@ -8,6 +8,7 @@ third party reading the folder see exactly what ran.
 from __future__ import annotations
 
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,7 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    name: Literal["sinusoid", "omniglot", "digits"] = "digits"
+    name: Literal["sinusoid", "omniglot", "digits", "synthetic"] = "digits"
     data_dir: str | None = None
     n_way: Annotated[int, Field(ge=2)] = 5
     k_shot: PosInt = 1
@@ -64,15 +65,69 @@ class TrainConfig(Section):
     lake_runs: bool = False
 
 
+class FederatedConfig(Section):
+    """Clients, rounds and the server. Present in a config = a federated run."""
+
+    rounds: PosInt = 30
+    n_clients: PosInt = 100
+    held_out_clients: Annotated[int, Field(ge=0)] = 20
+    clients_per_round: Annotated[float, Field(gt=0)] = 10
+    partition: Literal["dirichlet", "shards", "natural"] = "dirichlet"
+    alpha: PosFloat = 0.5
+    shards_per_client: PosInt = 2
+    synthetic_alpha: Annotated[float, Field(ge=0)] = 1.0
+    synthetic_beta: Annotated[float, Field(ge=0)] = 1.0
+    drawers_per_client: PosInt = 5
+    support_size: PosInt = 10
+    query_size: PosInt = 10
+    local_procedure: Literal["sgd", "fedprox", "fedmeta", "perfedavg"] = "fedmeta"
+    local_steps: PosInt = 5
+    local_steps_min: PosInt | None = None
+    local_lr: PosFloat = 0.05
+    tasks_per_step: PosInt = 4
+    mu: Annotated[float, Field(ge=0)] = 0.01
+    perfedavg_variant: Literal["fo", "hf"] = "fo"
+    strategy: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server_lr: PosFloat = 1.0
+    server_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    tau: PosFloat = 1e-3
+    dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    straggler_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    min_clients: PosInt = 1
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    compression: Literal["none", "topk", "int8"] = "none"
+    topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.05
+    eval_every: PosInt = 5
+    client_batching: Literal["auto", "vmap", "loop"] = "auto"
+    client_chunk: PosInt = 256
+
+
 class Config(Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     meta: MetaConfig = MetaConfig()
     train: TrainConfig = TrainConfig()
+    federated: FederatedConfig | None = None
 
     @model_validator(mode="after")
     def _compatible(self) -> "Config":
+        if self.data.name == "synthetic" and self.federated is None:
+            raise ConfigError("data.name", "synthetic", "a federated run (add a [federated] section)")
+        fed = self.federated
+        if fed is not None:
+            if fed.local_steps_min is not None and fed.local_steps_min > fed.local_steps:
+                raise ConfigError("federated.local_steps_min", fed.local_steps_min, f"at most federated.local_steps = {fed.local_steps}")
+            if fed.clients_per_round > fed.n_clients:
+                raise ConfigError("federated.clients_per_round", fed.clients_per_round, f"a count up to n_clients = {fed.n_clients} or a fraction in (0, 1]")
+            if fed.clients_per_round > 1 and fed.clients_per_round != int(fed.clients_per_round):
+                raise ConfigError("federated.clients_per_round", fed.clients_per_round, "a whole count or a fraction in (0, 1]")
+            if fed.min_clients > self.clients_per_round_count:
+                raise ConfigError("federated.min_clients", fed.min_clients, f"at most the clients per round ({self.clients_per_round_count})")
+            if fed.perfedavg_variant == "hf" and fed.local_procedure == "perfedavg" and fed.tasks_per_step < 2:
+                raise ConfigError("federated.tasks_per_step", fed.tasks_per_step, "at least 2 for Per-FedAvg HF (it draws an independent batch for the Hessian)")
         if self.data.name == "sinusoid" and self.model.name == "conv4":
             raise ConfigError("model.name", "conv4", "sinusoid tasks need model.name = 'mlp'")
         if self.train.lake_runs and (self.data.name, self.data.n_way, self.data.k_shot) != (
@@ -82,6 +137,15 @@ class Config(Section):
                 "train.lake_runs", True, "needs data.name = 'omniglot', n_way = 20, k_shot = 1"
             )
         return self
+
+    @property
+    def clients_per_round_count(self) -> int:
+        fed = self.federated
+        if fed is None:
+            return 0
+        if fed.clients_per_round <= 1 and not float(fed.clients_per_round).is_integer():
+            return max(1, round(fed.clients_per_round * fed.n_clients))
+        return int(fed.clients_per_round)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
@@ -95,7 +159,8 @@ def _field_error(err: ValidationError) -> ConfigError:
     if first["type"] == "extra_forbidden":
         section: type[BaseModel] = Config
         for part in loc[:-1]:
-            section = section.model_fields[part].annotation  # type: ignore[assignment]
+            ann = section.model_fields[part].annotation
+            section = next(a for a in (*typing.get_args(ann), ann) if isinstance(a, type) and issubclass(a, BaseModel))
         accepted = ", ".join(section.model_fields)
         return ConfigError(field, first["input"], f"unknown key; accepted keys here: {accepted}")
     ctx = first.get("ctx", {})
@@ -115,10 +180,15 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+DEMO = Path(__file__).with_name("demo.toml")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read TOML (or the built-in default when `path` is None), apply overrides, validate."""
+    """Read TOML (the built-in demo when `path` is None), apply overrides, validate."""
     raw: dict[str, Any] = {}
-    if path is not None:
+    if path is None:
+        raw = tomllib.loads(DEMO.read_text())
+    else:
         p = Path(path)
         if not p.is_file():
             raise ConfigError("config", str(p), "path to an existing TOML file")

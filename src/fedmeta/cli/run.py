@@ -24,6 +24,7 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train, evaluate and report one run; leaves everything in the run folder."""
+    from fedmeta.federated.simulation import run_federated
     from fedmeta.report import write_report
     from fedmeta.train import train
 
@@ -37,7 +38,8 @@ def run(
         folder = RunDir.create(out, cfg)
     print(f"run folder: {folder.path}", file=sys.stderr)
     try:
-        summary = train(cfg, folder, resume=resume is not None, show_progress=progress)
+        driver = run_federated if cfg.federated is not None else train
+        summary = driver(cfg, folder, resume=resume is not None, show_progress=progress)
     except (BadInput, KeyboardInterrupt):
         raise
     except Exception as err:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -126,8 +126,11 @@ class MetaLearner:
         return torch.stack(losses).mean(), {k: v / n for k, v in total.items()}
 
     # -- evaluation ---------------------------------------------------------------------
-    def evaluate(self, meta: Params, batch: TaskBatch, steps: int | None = None) -> dict[str, float]:
-        """Query loss (and accuracy) before and after adaptation, averaged over tasks."""
+    def evaluate(
+        self, meta: Params, batch: TaskBatch, steps: int | None = None, per_task: bool = False
+    ) -> dict[str, Any]:
+        """Query loss (and accuracy) before and after adaptation: the mean over tasks, or
+        with `per_task` a (tasks,) tensor of each."""
 
         def one(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, ...]:
             before = self.forward(self.network(meta), xq)
@@ -143,4 +146,6 @@ class MetaLearner:
         else:
             values = tuple(torch.stack(v) for v in zip(*(one(*task) for task in zip(*parts))))
         names = ("loss_before", "loss_after", "acc_before", "acc_after")
+        if per_task:
+            return dict(zip(names, values))
         return {name: float(v.mean()) for name, v in zip(names, values)}

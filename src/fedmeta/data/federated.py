@@ -1,0 +1,200 @@
+"""Federated datasets: each client owns private data and produces episodes from it.
+
+Two kinds of client, both `TaskDistribution`s with an `n_examples` weight:
+- `ExampleClient` holds labelled examples; an episode is a support sample and a disjoint
+  query sample of the client's own data, in the global label space: the client is the
+  task (FedMeta, Chen et al. 2018; Per-FedAvg, Fallah et al. 2020).
+- task-space clients (federated sinusoid, federated Omniglot) own a region of a task
+  distribution and draw N-way K-shot or regression episodes from it.
+
+`FederatedData` holds the training clients and the clients held out of training, on
+which personalization (adaptation from the global model) is measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedmeta.data.base import Kind, TaskBatch
+from fedmeta.data.partition import dirichlet, shards
+from fedmeta.data.sinusoid import Sinusoid
+from fedmeta.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ExampleClient:
+    x: Tensor  # (n, *x_shape)
+    y: Tensor  # (n,) labels or (n, out) targets
+    support: int
+    query: int
+    kind: Kind
+    n_outputs: int
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def n_examples(self) -> int:
+        return self.x.shape[0]
+
+    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        n, need = self.n_examples, self.support + self.query
+        if n >= need:  # disjoint support and query, without replacement
+            idx = torch.rand(n_tasks, n, generator=generator).argsort(dim=1)[:, :need]
+        else:  # tiny clients: sample with replacement
+            idx = torch.randint(n, (n_tasks, need), generator=generator)
+        x, y = self.x[idx], self.y[idx]  # (tasks, need, ...)
+        s = self.support
+        return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:])
+
+
+@dataclass(frozen=True)
+class WeightedTasks:
+    """A task-space client: episodes from `tasks`, aggregation weight `n_examples`."""
+
+    tasks: Any
+    n_examples: int = 1
+
+    def __getattr__(self, name: str) -> Any:  # kind, n_outputs, x_shape
+        return getattr(self.tasks, name)
+
+    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        return self.tasks.sample(n_tasks, generator)
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    train: list
+    held_out: list
+    kind: Kind
+    n_outputs: int
+    x_shape: tuple[int, ...]
+
+
+def _split_clients(clients: list, held_out: int, field: str = "federated.held_out_clients") -> tuple[list, list]:
+    if not 0 <= held_out < len(clients):
+        raise ConfigError(field, held_out, f"between 0 and {len(clients) - 1} (there are {len(clients)} clients)")
+    return clients[: len(clients) - held_out], clients[len(clients) - held_out :]
+
+
+def partition_examples(x: Tensor, y: Tensor, cfg: Any, generator: torch.Generator) -> list[Tensor]:
+    total = cfg.n_clients + cfg.held_out_clients
+    if cfg.partition == "dirichlet":
+        return dirichlet(y, total, cfg.alpha, generator)
+    if cfg.partition == "shards":
+        return shards(y, total, cfg.shards_per_client, generator)
+    raise ConfigError("federated.partition", cfg.partition, "'dirichlet' or 'shards' for this dataset")
+
+
+def federated_digits(cfg: Any, generator: torch.Generator) -> FederatedData:
+    """scikit-learn's digits split across clients with label skew."""
+    from fedmeta.data.digits import digits_arrays
+
+    x, y = digits_arrays()
+    clients = [
+        ExampleClient(x[i], y[i], cfg.support_size, cfg.query_size, "classification", 10)
+        for i in partition_examples(x, y, cfg, generator)
+    ]
+    train, held = _split_clients(clients, cfg.held_out_clients)
+    return FederatedData(train, held, "classification", 10, tuple(x.shape[1:]))
+
+
+def synthetic(alpha: float, beta: float, n_clients: int, generator: torch.Generator, dim: int = 60, classes: int = 10) -> list[tuple[Tensor, Tensor]]:
+    """Synthetic(α, β) of Li et al. 2020 (FedProx), after Shamir et al. 2014.
+
+    Client k: u_k ~ N(0, α), B_k ~ N(0, β); W_k, b_k ~ N(u_k, 1); v_k ~ N(B_k, 1);
+    x ~ N(v_k, Σ) with Σ = diag(j^-1.2); y = argmax(W_k x + b_k). Client sizes follow a
+    power law (lognormal(4, 2) + 50, as in the paper's generator).
+    """
+    g = generator
+    sizes = (torch.distributions.LogNormal(4.0, 2.0).icdf(torch.rand(n_clients, generator=g).clamp(1e-6, 1 - 1e-6)).long() + 50).clamp(max=5000)
+    sigma = torch.arange(1, dim + 1, dtype=torch.float64) ** -1.2
+    out = []
+    for k in range(n_clients):
+        u = math.sqrt(alpha) * torch.randn((), generator=g, dtype=torch.float64)
+        bk = math.sqrt(beta) * torch.randn((), generator=g, dtype=torch.float64)
+        w = u + torch.randn(classes, dim, generator=g, dtype=torch.float64)
+        b = u + torch.randn(classes, generator=g, dtype=torch.float64)
+        v = bk + torch.randn(dim, generator=g, dtype=torch.float64)
+        x = v + sigma.sqrt() * torch.randn(int(sizes[k]), dim, generator=g, dtype=torch.float64)
+        y = (x @ w.T + b).argmax(1)
+        out.append((x.float(), y))
+    return out
+
+
+def federated_synthetic(cfg: Any, generator: torch.Generator) -> FederatedData:
+    total = cfg.n_clients + cfg.held_out_clients
+    clients = [
+        ExampleClient(x, y, cfg.support_size, cfg.query_size, "classification", 10)
+        for x, y in synthetic(cfg.synthetic_alpha, cfg.synthetic_beta, total, generator)
+    ]
+    train, held = _split_clients(clients, cfg.held_out_clients)
+    return FederatedData(train, held, "classification", 10, (60,))
+
+
+def federated_sinusoid(cfg: Any, data: Any, generator: torch.Generator) -> FederatedData:
+    """Each client owns one cell of a grid over (amplitude, phase); cells are shuffled
+    so held-out clients are unseen regions of the task space."""
+    total = cfg.n_clients + cfg.held_out_clients
+    rows = math.ceil(math.sqrt(total))
+    cols = math.ceil(total / rows)
+    amp_edges = np.linspace(0.1, 5.0, rows + 1)
+    phase_edges = np.linspace(0.0, math.pi, cols + 1)
+    cells = [(i, j) for i in range(rows) for j in range(cols)]
+    order = torch.randperm(len(cells), generator=generator)[:total]
+    base = Sinusoid(k_shot=data.k_shot, k_query=data.k_query)
+    clients = [
+        WeightedTasks(replace(base, amplitude=(amp_edges[i], amp_edges[i + 1]), phase=(phase_edges[j], phase_edges[j + 1])))
+        for i, j in (cells[int(c)] for c in order)
+    ]
+    train, held = _split_clients(clients, cfg.held_out_clients)
+    return FederatedData(train, held, "regression", 1, (1,))
+
+
+def federated_omniglot(cfg: Any, data: Any, generator: torch.Generator) -> FederatedData:
+    """One client per (alphabet, group of drawers): the natural owners of Omniglot
+    drawings. Training clients hold the meta-train alphabets; held-out clients hold the
+    held-out alphabets (unseen characters and drawers). A single drawer drew each
+    character once, so a group of `drawers_per_client` drawers is the smallest owner that
+    can form support and query sets of the same character."""
+    from fedmeta.data.omniglot import Omniglot, OmniglotImages, default_test_alphabets, load_omniglot
+
+    images = load_omniglot(data.data_dir)
+    test = default_test_alphabets(images) if data.test_alphabets is None else data.test_alphabets
+    per = cfg.drawers_per_client
+    if per < data.k_shot + data.k_query or 20 % per:
+        raise ConfigError("federated.drawers_per_client", per, f"a divisor of 20 that is at least k_shot + k_query = {data.k_shot + data.k_query}")
+    train, held = [], []
+    for alphabet in images.alphabet_names():
+        rows = [i for i, a in enumerate(images.alphabets) if a == alphabet]
+        for g in range(20 // per):
+            sub = OmniglotImages(
+                images.images[rows][:, g * per : (g + 1) * per],
+                [alphabet] * len(rows),
+                [images.characters[i] for i in rows],
+                [images.sets[i] for i in rows],
+            )
+            tasks = Omniglot(sub, "train", data.n_way, data.k_shot, data.k_query, data.rotations, test_alphabets=[])
+            (held if alphabet in test else train).append(WeightedTasks(tasks, len(rows) * per))
+    order = torch.randperm(len(train), generator=generator).tolist()
+    train = [train[i] for i in order][: cfg.n_clients] if cfg.n_clients else train
+    return FederatedData(train, held, "classification", data.n_way, (1, 28, 28))
+
+
+def make_federated(cfg: Any, generator: torch.Generator) -> FederatedData:
+    """The clients of a config's federated dataset (`data.name` picks it)."""
+    name = cfg.data.name
+    if name == "digits":
+        return federated_digits(cfg.federated, generator)
+    if name == "synthetic":
+        return federated_synthetic(cfg.federated, generator)
+    if name == "sinusoid":
+        return federated_sinusoid(cfg.federated, cfg.data, generator)
+    return federated_omniglot(cfg.federated, cfg.data, generator)

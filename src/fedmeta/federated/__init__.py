@@ -1,0 +1,1 @@
+"""Federated meta-learning: clients' local procedures, server strategies, the runtime."""

@@ -1,0 +1,317 @@
+"""The in-process federated runtime: many clients simulated in one process.
+
+One round (DESIGN.md's data flow): sample clients → each surviving client draws episodes
+from its own data and runs its local procedure → encodes its update (optionally
+compressed) to bytes → the server checks every update, takes the example-weighted mean
+and applies the server strategy. Clients that drop out, straggle past the deadline or
+fail are left out of the round; a round with fewer than `min_clients` usable updates is
+retried with a fresh sample, then the run stops with a clear error.
+
+Clients sharing an architecture and procedure are batched with `torch.func.vmap` (in
+chunks) or looped, by measurement (`client_batching = "auto"`: vmap for MLPs). Every
+random draw of round r comes from a generator seeded by (seed, r, attempt), so a run
+resumed from its checkpoint repeats exactly what an uninterrupted run would do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import vmap
+
+from fedmeta.config import Config
+from fedmeta.data.base import TaskBatch
+from fedmeta.data.federated import FederatedData, make_federated
+from fedmeta.errors import FedmetaError
+from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
+from fedmeta.federated.compression import make_compression
+from fedmeta.federated.perfedavg import PerFedAvg
+from fedmeta.federated.strategies import STRATEGIES, weighted_mean
+from fedmeta.federated.validation import RejectedUpdate, check_update
+from fedmeta.federated.wire import encode, raw
+from fedmeta.meta import ALGORITHMS, MAML, MetaLearner, Params
+from fedmeta.models import build_model, parameters_of
+from fedmeta.progress import progress_bar
+from fedmeta.rundir import RunDir
+
+log = logging.getLogger("fedmeta.federated")
+
+
+@dataclass
+class Collected:
+    """What reached the server in one round, and what happened to the others."""
+
+    messages: dict[int, bytes]
+    weights: dict[int, float]
+    sampled: list[int]
+    dropped: dict[int, str] = field(default_factory=dict)
+    attempt: int = 0
+
+
+def model_name(cfg: Config) -> str:
+    if cfg.model.name != "auto":
+        return cfg.model.name
+    return "conv4" if cfg.data.name == "omniglot" else "mlp"
+
+
+class Simulation:
+    def __init__(self, cfg: Config):
+        if cfg.federated is None:
+            raise ValueError("Simulation needs a [federated] section")
+        self.cfg, fed = cfg, cfg.federated
+        self.data: FederatedData = make_federated(cfg, torch.Generator().manual_seed(cfg.run.seed))
+        torch.manual_seed(cfg.run.seed)
+        self.model = build_model(
+            model_name(cfg), self.data.x_shape, self.data.n_outputs, hidden=cfg.model.hidden, filters=cfg.model.filters
+        )
+        has_conv = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
+        self.batching = fed.client_batching if fed.client_batching != "auto" else ("loop" if has_conv else "vmap")
+        kind = self.data.kind
+        if fed.local_procedure == "fedmeta":
+            self.learner: MetaLearner = ALGORITHMS[cfg.meta.algorithm](
+                self.model, kind, inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr, batching=cfg.meta.batching
+            )
+            self.procedure: Any = LocalMeta(self.learner, fed.local_lr)
+        else:
+            self.learner = MAML(self.model, kind, inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr, batching=cfg.meta.batching)
+            if fed.local_procedure == "perfedavg":
+                self.procedure = PerFedAvg(self.model, kind, cfg.meta.inner_lr, fed.local_lr, fed.perfedavg_variant)
+            else:
+                mu = fed.mu if fed.local_procedure == "fedprox" else 0.0
+                self.procedure = LocalSGD(self.model, kind, fed.local_lr, mu)
+        self.params: Params = self.learner.init(parameters_of(self.model))
+        self.strategy = self._strategy()
+        self.server_state = self.strategy.init(self.params)
+        self.codec = make_compression(fed.compression, fed.topk_fraction)
+        self.codec_state: dict[int, Any] = {}
+        self.round = 0
+        self.per_round = cfg.clients_per_round_count
+
+    def _strategy(self):
+        fed = self.cfg.federated
+        cls = STRATEGIES[fed.strategy]
+        if fed.strategy == "fedavg":
+            return cls(server_lr=fed.server_lr)
+        if fed.strategy == "fedavgm":
+            return cls(server_lr=fed.server_lr, momentum=fed.server_momentum)
+        return cls(server_lr=fed.server_lr, beta1=fed.beta1, beta2=fed.beta2, tau=fed.tau)
+
+    # -- randomness ---------------------------------------------------------------------
+    def generator(self, round_: int, attempt: int = 0, stream: int = 0) -> torch.Generator:
+        seq = np.random.SeedSequence([self.cfg.run.seed, round_, attempt, stream])
+        return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+
+    # -- clients ------------------------------------------------------------------------
+    def sample_clients(self, gen: torch.Generator) -> list[int]:
+        order = torch.randperm(len(self.data.train), generator=gen)
+        return sorted(order[: self.per_round].tolist())
+
+    def client_episodes(self, cid: int, gen: torch.Generator) -> tuple[TaskBatch, int]:
+        fed = self.cfg.federated
+        lo = fed.local_steps_min or fed.local_steps
+        n_steps = int(torch.randint(lo, fed.local_steps + 1, (1,), generator=gen))
+        b = self.data.train[cid].sample(fed.local_steps * fed.tasks_per_step, gen)
+        shape = (fed.local_steps, fed.tasks_per_step)
+        return TaskBatch(*(t.reshape(*shape, *t.shape[1:]) for t in (b.xs, b.ys, b.xq, b.yq))), n_steps
+
+    def local_deltas(self, clients: list[int], gen: torch.Generator) -> dict[int, Params | Exception]:
+        """Each client's Δ (or the exception it raised): vmapped in chunks, or looped."""
+        work = {cid: self.client_episodes(cid, gen) for cid in clients}
+        out: dict[int, Params | Exception] = {}
+        if self.batching == "vmap":
+            chunk = self.cfg.federated.client_chunk
+            for i in range(0, len(clients), chunk):
+                ids = clients[i : i + chunk]
+                try:
+                    out.update(self._vmapped(ids, work))
+                except Exception:  # one bad client must not sink the others: retry one by one
+                    out.update(self._looped(ids, work))
+        else:
+            out.update(self._looped(clients, work))
+        return out
+
+    def _vmapped(self, ids: list[int], work: dict) -> dict[int, Params]:
+        eps = TaskBatch(*(torch.stack([getattr(work[c][0], f) for c in ids]) for f in ("xs", "ys", "xq", "yq")))
+        steps = torch.tensor([work[c][1] for c in ids])
+
+        def one(xs, ys, xq, yq, n):  # a client's Δ from its episodes (steps, tasks, ...)
+            return local_update(self.procedure, self.params, TaskBatch(xs, ys, xq, yq), n)
+
+        deltas = vmap(one)(eps.xs, eps.ys, eps.xq, eps.yq, steps)  # each (clients, *shape)
+        return {c: {k: v[i].detach() for k, v in deltas.items()} for i, c in enumerate(ids)}
+
+    def _looped(self, ids: list[int], work: dict) -> dict[int, Params | Exception]:
+        out: dict[int, Params | Exception] = {}
+        for c in ids:
+            try:
+                d = local_update(self.procedure, self.params, work[c][0], torch.tensor(work[c][1]))
+                out[c] = {k: v.detach() for k, v in d.items()}
+            except Exception as err:  # a failing client is dropped from the round
+                out[c] = err
+        return out
+
+    def encode_update(self, cid: int, delta: Params, gen: torch.Generator) -> bytes:
+        state = self.codec_state.get(cid)
+        if state is None:
+            state = self.codec.init(self.params)
+        payload, self.codec_state[cid] = self.codec.encode(delta, state, gen)
+        return encode(payload)
+
+    def collect(self, round_: int, attempt: int = 0) -> Collected:
+        """Sample clients, simulate their fates, run local procedures, encode updates."""
+        fed = self.cfg.federated
+        gen = self.generator(round_, attempt)
+        sampled = self.sample_clients(gen)
+        fate = torch.rand(len(sampled), generator=gen)
+        dropped: dict[int, str] = {}
+        for cid, u in zip(sampled, fate.tolist()):
+            if u < fed.dropout_rate:
+                dropped[cid] = "dropped out"
+            elif u < fed.dropout_rate + fed.straggler_rate:
+                dropped[cid] = "straggler: missed the round deadline"
+        active = [c for c in sampled if c not in dropped]
+        messages: dict[int, bytes] = {}
+        for cid, result in self.local_deltas(active, gen).items():
+            if isinstance(result, Exception):
+                dropped[cid] = f"failed: {type(result).__name__}: {result}"
+                log.warning("round %d: client %d failed: %s", round_, cid, result)
+            else:
+                messages[cid] = self.encode_update(cid, result, gen)
+        weights = {c: float(getattr(self.data.train[c], "n_examples", 1)) for c in messages}
+        return Collected(messages, weights, sampled, dropped, attempt)
+
+    # -- server -------------------------------------------------------------------------
+    def aggregate(self, collected: Collected) -> tuple[Params, dict[int, str]]:
+        """Check every update, average the valid ones by weight, apply the strategy."""
+        accepted, rejected = {}, {}
+        for cid, data in collected.messages.items():
+            try:
+                accepted[cid] = check_update(str(cid), data, self.params)
+            except RejectedUpdate as err:
+                rejected[cid] = err.reason
+                log.warning("round %d: %s", self.round + 1, err)
+        if len(accepted) < self.cfg.federated.min_clients:
+            raise NotEnoughClients(len(accepted), len(collected.sampled))
+        ids = sorted(accepted)
+        delta = weighted_mean([accepted[c] for c in ids], [collected.weights[c] for c in ids])
+        new, self.server_state = self.strategy.apply(self.params, delta, self.server_state)
+        return new, rejected
+
+    def run_round(self) -> dict[str, Any]:
+        r = self.round + 1
+        fed = self.cfg.federated
+        for attempt in range(fed.max_retries + 1):
+            collected = self.collect(r, attempt)
+            try:
+                new, rejected = self.aggregate(collected)
+                break
+            except NotEnoughClients as err:
+                log.warning("round %d attempt %d: %s", r, attempt, err)
+                short = err
+        else:
+            raise FedmetaError(
+                f"round {r}: only {short.usable} of {short.sampled} sampled clients returned usable updates "
+                f"after {fed.max_retries + 1} attempts; federated.min_clients = {fed.min_clients}"
+            )
+        self.params, self.round = new, r
+        down = len(encode({k: raw(v) for k, v in self.params.items()}))
+        return {
+            "round": r,
+            "clients": len(collected.messages) - len(rejected),
+            "sampled": len(collected.sampled),
+            "dropped": len(collected.dropped),
+            "rejected": [{"client": c, "reason": why} for c, why in rejected.items()],
+            "attempts": collected.attempt + 1,
+            "bytes_up": sum(len(m) for m in collected.messages.values()),
+            "bytes_down": down * len(collected.sampled),
+        }
+
+    # -- evaluation -----------------------------------------------------------------------
+    def personalization(self, split: str = "test", max_clients: int = 200) -> dict[str, Any]:
+        """Loss/accuracy of each evaluation client's query set before and after
+        `meta.eval_inner_steps` adaptation steps on its support set, from the global model."""
+        clients = self.data.held_out if split == "test" else self.data.train[:max_clients]
+        gen = self.generator(0, 0, stream=1 if split == "test" else 2)  # the same episodes every time
+        eps = [c.sample(1, gen) for c in clients]
+        batch = TaskBatch(*(torch.cat([getattr(e, f) for e in eps]) for f in ("xs", "ys", "xq", "yq")))
+        per = self.learner.evaluate(self.params, batch, self.cfg.meta.eval_inner_steps, per_task=True)
+        row: dict[str, Any] = {"split": split, "eval_clients": len(clients)}
+        for k, v in per.items():
+            row[k] = float(v.mean())
+        if "acc_after" in per:
+            row["acc_before_p10"] = float(per["acc_before"].quantile(0.1))
+            row["acc_after_p10"] = float(per["acc_after"].quantile(0.1))
+        row["loss_after_p90"] = float(per["loss_after"].quantile(0.9))
+        row["per_client"] = {k: [round(float(x), 6) for x in v] for k, v in per.items()}
+        return row
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "params": self.params, "server_state": self.server_state, "codec_state": self.codec_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round = state["round"]
+        self.params = state["params"]
+        self.server_state = state["server_state"]
+        self.codec_state = state["codec_state"]
+
+
+class NotEnoughClients(Exception):
+    def __init__(self, usable: int, sampled: int):
+        self.usable, self.sampled = usable, sampled
+        super().__init__(f"{usable} usable updates of {sampled} sampled clients")
+
+
+def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """Drive a federated run to the end, logging, checkpointing and summarising."""
+    sim = Simulation(cfg)
+    fed = cfg.federated
+    state = run.load_checkpoint() if resume else None
+    elapsed = 0.0
+    if state is not None:
+        sim.load_state_dict(state["simulation"])
+        elapsed = state["elapsed"]
+    t0 = time.perf_counter() - elapsed
+    last: dict[str, Any] = {}
+    per_client: dict[str, Any] = {}
+
+    def evaluate(extra: dict[str, Any]) -> None:
+        nonlocal last, per_client
+        for split in ("test", "train") if sim.data.held_out else ("train",):
+            row = sim.personalization(split)
+            clients = row.pop("per_client")
+            run.log({"round": sim.round, **row, **extra})
+            if split == "test" or not sim.data.held_out:
+                last, per_client = row, clients
+
+    with progress_bar(fed.rounds, sim.round, "federated rounds", show_progress) as advance:
+        if sim.round == 0:
+            evaluate({"bytes_up": 0, "bytes_down": 0})
+        while sim.round < fed.rounds:
+            info = sim.run_round()
+            if sim.round % fed.eval_every == 0 or sim.round == fed.rounds:
+                evaluate(info)
+            else:
+                run.log({**info, "split": "round"})
+            run.save_checkpoint({"simulation": sim.state_dict(), "elapsed": time.perf_counter() - t0})
+            advance(**{k: last[k] for k in ("loss_after", "acc_after") if k in last})
+    run.save_model(sim.params)
+    run.write_json("personalization.json", per_client)
+    summary = {
+        "mode": "federated",
+        "procedure": fed.local_procedure,
+        "algorithm": cfg.meta.algorithm if fed.local_procedure == "fedmeta" else fed.local_procedure,
+        "strategy": fed.strategy,
+        "rounds": fed.rounds,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "final": {k: v for k, v in last.items() if k not in ("round", "split")},
+        "bytes_up_total": sum(r.get("bytes_up", 0) for r in run.metrics() if r.get("split") != "train"),
+        "bytes_down_total": sum(r.get("bytes_down", 0) for r in run.metrics() if r.get("split") != "train"),
+    }
+    run.write_json("summary.json", summary)
+    return summary

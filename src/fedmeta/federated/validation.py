@@ -1,0 +1,39 @@
+"""Server-side checks of a client update before it can be aggregated.
+
+An update must decode, carry exactly the global model's tensor names and shapes in
+float32, and hold only finite values; anything else is rejected with a reason and never
+averaged in.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedmeta.errors import FedmetaError
+from fedmeta.federated.wire import MalformedUpdate, decode
+from fedmeta.meta.base import Params
+
+
+class RejectedUpdate(FedmetaError):
+    def __init__(self, client: str, reason: str):
+        self.client, self.reason = client, reason
+        super().__init__(f"update from client {client} rejected: {reason}")
+
+
+def check_update(client: str, data: bytes, reference: Params) -> Params:
+    """The decoded update, or RejectedUpdate naming what is wrong."""
+    try:
+        update = decode(data)
+    except MalformedUpdate as err:
+        raise RejectedUpdate(client, f"malformed: {err}") from None
+    if update.keys() != reference.keys():
+        missing, extra = sorted(reference.keys() - update.keys()), sorted(update.keys() - reference.keys())
+        raise RejectedUpdate(client, f"tensor names differ (missing {missing}, unexpected {extra})")
+    for name, t in update.items():
+        if t.shape != reference[name].shape:
+            raise RejectedUpdate(client, f"{name}: shape {tuple(t.shape)}, expected {tuple(reference[name].shape)}")
+        if t.dtype != torch.float32:
+            raise RejectedUpdate(client, f"{name}: dtype {t.dtype}, expected torch.float32")
+        if not torch.isfinite(t).all():
+            raise RejectedUpdate(client, f"{name}: non-finite values (NaN or Inf)")
+    return update
