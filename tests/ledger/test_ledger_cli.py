@@ -36,6 +36,9 @@ def test_verify_wrong_pinned_key_and_bad_input(run, capsys):
     assert main(["ledger", "verify", str(run.dir), "--public-key", other]) == 1
     assert f"expected {other}, got {run.server_public}" in capsys.readouterr().err
     assert main(["ledger", "verify", str(run.dir), "--public-key", "beef"]) == 2
+    assert "--public-key = 'beef'" in capsys.readouterr().err
+    assert main(["ledger", "verify", str(run.dir), "--known-root", "3:xyz"]) == 2
+    assert "--known-root" in capsys.readouterr().err
     assert main(["ledger", "verify", str(run.dir / "nothing")]) == 2
 
 
@@ -73,6 +76,8 @@ def test_standalone_rejects_modified_proofs(run, capsys):
         "timestamp": lambda d: d.update(timestamp_ms=d["timestamp_ms"] + 1),
         "signature": lambda d: d.update(signature="22" * 64),
         "key": lambda d: d.update(public_key=keys.public_key_hex(other_key)),
+        "hex": lambda d: d["proof"].__setitem__(0, "not hex"),
+        "missing": lambda d: d.pop("signature"),
     }
     for name, mutate in mutations.items():
         bad = copy.deepcopy(doc)
@@ -89,6 +94,14 @@ def test_standalone_is_self_contained():
 
     source = Path(module.__file__).read_text()
     assert "from fedmeta" not in source and "import fedmeta" not in source
+
+
+def test_verify_known_root_from_prove_output(run, capsys):
+    doc = _prove(run, capsys, 0)
+    known = f"{doc['tree_size']}:{doc['root']}"
+    assert main(["ledger", "verify", str(run.dir), "--known-root", known]) == 0
+    assert main(["ledger", "verify", str(run.dir), "--known-root", f"5:{doc['root']}"]) == 1
+    assert "known tree head (size 5)" in capsys.readouterr().err
 
 
 def test_prove_bad_entry_is_exit_2(run, capsys):

@@ -44,7 +44,13 @@ def verify(
         from fedmeta.ledger.anchor import connect
 
         anchor = connect(eth_url)
-    verify_ledger(path, public_key=public_key, anchor=anchor, known_head=_known_head(known_root))
+    try:
+        verify_ledger(
+            path, public_key=public_key, anchor=anchor, known_head=_known_head(known_root)
+        )
+    except BadInput as err:
+        option = {"public_key": "--public-key", "known_head": "--known-root"}.get(err.field)
+        raise (BadInput(option, err.value, err.accepted) if option else err) from None
     with Ledger.open(path) as ledger:
         heads = ledger.tree_heads()
         root = heads[-1].root.hex() if heads else "-"

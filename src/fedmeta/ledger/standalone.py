@@ -69,8 +69,12 @@ def verify_inclusion_standalone(
 ) -> None:
     """Return None if the entry is leaf `index` of the tree head signed by the key, else raise."""
     leaf = hashlib.sha256(LEAF_PREFIX + entry_bytes).digest()
-    root = bytes.fromhex(root_hex)
-    got = _root_from_path(leaf, index, tree_size, [bytes.fromhex(h) for h in proof_hex_list])
+    try:
+        root = bytes.fromhex(root_hex)
+        path = [bytes.fromhex(h) for h in proof_hex_list]
+    except (TypeError, ValueError):
+        raise ProofError("root and proof", "hex strings", (root_hex, proof_hex_list)) from None
+    got = _root_from_path(leaf, index, tree_size, path)
     if got != root:
         raise ProofError("Merkle root", root_hex, got.hex())
     message = TREE_HEAD_DOMAIN + struct.pack(">QQ", tree_size, timestamp_ms) + root
@@ -85,15 +89,11 @@ def verify_inclusion_standalone(
 
 def verify_proof_document(doc: dict[str, Any], public_key_hex: str | None = None) -> None:
     """Check the JSON printed by `fedmeta ledger prove`; pin the key to trust only it."""
+    fields = ("entry", "index", "tree_size", "proof", "root", "timestamp_ms", "signature")
+    missing = [k for k in (*fields, "public_key") if k not in doc]
+    if missing:
+        raise ProofError("proof document", "the fields printed by `fedmeta ledger prove`", missing)
     if public_key_hex is not None and doc["public_key"] != public_key_hex:
         raise ProofError("server public key", public_key_hex, doc["public_key"])
-    verify_inclusion_standalone(
-        doc["entry"].encode("utf-8"),
-        doc["index"],
-        doc["tree_size"],
-        doc["proof"],
-        doc["root"],
-        doc["timestamp_ms"],
-        doc["signature"],
-        doc["public_key"],
-    )
+    entry, *rest = (doc[k] for k in fields)
+    verify_inclusion_standalone(entry.encode("utf-8"), *rest, doc["public_key"])
