@@ -9,8 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from ledger_runs import RUN_ID, Run, build_run
 
 from fedmeta.errors import BadInput, VerificationError
@@ -287,3 +291,43 @@ def test_only_anchors_may_follow_the_end(tmp_path):
         VerificationError, match="after the end entry: expected anchor, got rejection"
     ):
         verify_ledger(run.dir)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(st.integers(1, 5), min_size=1, max_size=6),
+    op=st.sampled_from(["change", "delete", "swap", "insert"]),
+    data=st.data(),
+)
+def test_any_rewrite_without_the_key_is_caught(batches, op, data):
+    """Random batched ledgers; one edit, leaf hashes recomputed and indices kept contiguous."""
+    key = keys.generate()
+    shm = Path("/dev/shm")  # memory-backed where available: the fsyncs are not under test
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as tmp:
+        path = Path(tmp) / "ledger.db"
+        with Ledger.create(path, key) as ledger:
+            for b, n in enumerate(batches):
+                ledger.append([{"type": "metric", "batch": b, "i": i} for i in range(n)])
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("DROP TRIGGER entries_no_update")
+        conn.execute("DROP TRIGGER entries_no_delete")
+        bodies = [bytes(b) for (b,) in conn.execute("SELECT body FROM entries ORDER BY idx")]
+        i = data.draw(st.integers(0, len(bodies) - 1))
+        if op == "change":
+            bodies[i] = bodies[i].replace(b'"type":"metric"', b'"type":"metriC"')
+        elif op == "delete":
+            del bodies[i]
+        elif op == "swap":
+            assume(len(set(bodies)) > 1)
+            j = data.draw(st.integers(0, len(bodies) - 1).filter(lambda j: bodies[j] != bodies[i]))
+            bodies[i], bodies[j] = bodies[j], bodies[i]
+        else:
+            bodies.insert(i, b'{"type":"metric","forged":true}')
+        conn.execute("DELETE FROM entries")
+        conn.executemany(
+            "INSERT INTO entries VALUES (?, ?, ?)",
+            [(k, b, leaf_hash(b)) for k, b in enumerate(bodies)],
+        )
+        conn.close()
+        with pytest.raises(VerificationError):
+            verify_ledger(path, public_key=keys.public_key_hex(key))
