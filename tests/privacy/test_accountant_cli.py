@@ -15,8 +15,18 @@ Q, STEPS = 256 / 60000, 60 * 60000 // 256
 
 def test_epsilon_prints_rdp_and_pld_matching_dp_accounting(capsys: pytest.CaptureFixture) -> None:
     code = main(
-        ["privacy", "epsilon", "--noise-multiplier", "1.1", "--sample-rate", repr(Q),
-         "--steps", str(STEPS), "--delta", "1e-5"]
+        [
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            "1.1",
+            "--sample-rate",
+            repr(Q),
+            "--steps",
+            str(STEPS),
+            "--delta",
+            "1e-5",
+        ]
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -29,8 +39,18 @@ def test_epsilon_prints_rdp_and_pld_matching_dp_accounting(capsys: pytest.Captur
 
 def test_noise_prints_sigma_meeting_target(capsys: pytest.CaptureFixture) -> None:
     code = main(
-        ["privacy", "noise", "--target-epsilon", "2.6", "--sample-rate", repr(Q),
-         "--steps", str(STEPS), "--delta", "1e-5"]
+        [
+            "privacy",
+            "noise",
+            "--target-epsilon",
+            "2.6",
+            "--sample-rate",
+            repr(Q),
+            "--steps",
+            str(STEPS),
+            "--delta",
+            "1e-5",
+        ]
     )
     assert code == 0
     sigma = float(re.search(r"sigma = ([0-9.]+)", capsys.readouterr().out).group(1))
@@ -51,7 +71,12 @@ def test_noise_prints_sigma_meeting_target(capsys: pytest.CaptureFixture) -> Non
 def test_bad_values_exit_2_naming_the_option(
     option: str, value: str, capsys: pytest.CaptureFixture
 ) -> None:
-    args = {"--noise-multiplier": "1.0", "--sample-rate": "0.01", "--steps": "10", "--delta": "1e-5"}
+    args = {
+        "--noise-multiplier": "1.0",
+        "--sample-rate": "0.01",
+        "--steps": "10",
+        "--delta": "1e-5",
+    }
     args[option] = value
     code = main(["privacy", "epsilon", *[x for kv in args.items() for x in kv]])
     assert code == 2

@@ -19,6 +19,15 @@ from fedmeta.privacy.audit import (
 N_POOL, DIM, CLASSES = 200, 20, 10
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These nets are tiny: thread hand-offs cost more than the maths on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_auc_equals_mann_whitney_and_tpr_equals_threshold_sweep() -> None:
     rng = np.random.default_rng(0)
     members = np.round(rng.normal(0.7, 1.0, 300), 1)  # rounding makes ties
@@ -69,14 +78,14 @@ def test_loss_attack_detects_memorisation_and_not_chance() -> None:
     x, y = _data(0)
     members, outsiders = slice(0, 100), slice(100, 200)
     net = _train(x[members], y[members], seed=0)
-    result = loss_threshold_attack(_losses(net, x[members], y[members]),
-                                   _losses(net, x[outsiders], y[outsiders]))
+    result = loss_threshold_attack(
+        _losses(net, x[members], y[members]), _losses(net, x[outsiders], y[outsiders])
+    )
     assert result.auc > 0.9
     assert result.tpr_at_fpr["0.01"] > 0.5
     # Two disjoint non-member sets are indistinguishable: AUC ~ 0.5, std 0.018 at 500 vs 500.
     x2, y2 = _data(1, n=1000)
-    null = loss_threshold_attack(_losses(net, x2[:500], y2[:500]),
-                                 _losses(net, x2[500:], y2[500:]))
+    null = loss_threshold_attack(_losses(net, x2[:500], y2[:500]), _losses(net, x2[500:], y2[500:]))
     assert abs(null.auc - 0.5) < 0.09
     assert set(result.to_json()) == {"auc", "tpr_at_fpr", "n_members", "n_nonmembers"}
 
@@ -90,7 +99,8 @@ def test_lira_offline_on_memorising_model() -> None:
     def train_fn(idx: np.ndarray):
         return _train(x[idx], y[idx], seed=int(idx[:3].sum()))
 
-    result = lira_offline(target, x, y, is_member, train_fn, num_shadow=4,
-                          rng=np.random.default_rng(4))
+    result = lira_offline(
+        target, x, y, is_member, train_fn, num_shadow=4, rng=np.random.default_rng(4)
+    )
     assert result.auc > 0.9
     assert result.n_members == result.n_nonmembers == N_POOL // 2

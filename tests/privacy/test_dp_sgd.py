@@ -71,8 +71,15 @@ def test_one_outlier_moves_the_sum_by_at_most_c() -> None:
     keep = torch.arange(len(X)) != 3
 
     def summed(clip: float, rows: torch.Tensor) -> torch.Tensor:
-        g = private_grad(loss_fn, PARAMS, x[rows], Y[rows], max_grad_norm=clip,
-                         noise_multiplier=0.0, expected_batch_size=1.0)
+        g = private_grad(
+            loss_fn,
+            PARAMS,
+            x[rows],
+            Y[rows],
+            max_grad_norm=clip,
+            noise_multiplier=0.0,
+            expected_batch_size=1.0,
+        )
         return torch.cat([t.flatten() for t in g.values()])
 
     every = torch.ones(len(X), dtype=torch.bool)
@@ -83,12 +90,13 @@ def test_one_outlier_moves_the_sum_by_at_most_c() -> None:
 
 def test_noise_std_is_sigma_c_over_batch() -> None:
     sigma, c, batch = 1.3, 0.2, 4.0
-    draws = torch.stack([
-        torch.cat([g.flatten() for g in private_grad(
-            loss_fn, PARAMS, X[:0], Y[:0], max_grad_norm=c, noise_multiplier=sigma,
-            expected_batch_size=batch).values()])
-        for _ in range(200)
-    ]).double()  # (200, dim), an empty batch so the output is pure noise
+    kw = {"max_grad_norm": c, "noise_multiplier": sigma, "expected_batch_size": batch}
+
+    def pure_noise() -> torch.Tensor:  # an empty batch: the output is the noise alone
+        g = private_grad(loss_fn, PARAMS, X[:0], Y[:0], **kw)
+        return torch.cat([t.flatten() for t in g.values()])
+
+    draws = torch.stack([pure_noise() for _ in range(200)]).double()  # (200, dim)
     n, std = draws.numel(), sigma * c / batch
     stat = (n - 1) * draws.var() / std**2
     lo, hi = stats.chi2.ppf([1e-6 / 2, 1 - 1e-6 / 2], n - 1)
@@ -103,7 +111,7 @@ def test_poisson_sample_rate() -> None:
 
 
 def test_dp_sgd_steps_reproducible_when_seeded_and_learns() -> None:
-    kw = dict(steps=10, lr=0.5, sample_rate=0.5, max_grad_norm=1.0, noise_multiplier=0.3)
+    kw = {"steps": 10, "lr": 0.5, "sample_rate": 0.5, "max_grad_norm": 1.0, "noise_multiplier": 0.3}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureNoiseWarning)
         a = dp_sgd_steps(loss_fn, PARAMS, X, Y, rng=seeded_rng(1), **kw)

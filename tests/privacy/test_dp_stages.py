@@ -126,6 +126,8 @@ def test_seeded_noise_is_reproducible_and_warns() -> None:
     stage = gaussian_noise(1.0, seed=42)
     with pytest.warns(InsecureNoiseWarning, match="(?i)not secure"):
         first, state = stage.update(u, stage.init(u))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureNoiseWarning)
         second, _ = stage.update(u, state)
         replay, _ = stage.update(u, stage.init(u))
     assert torch.equal(first["w"], replay["w"])
@@ -195,8 +197,22 @@ def test_bad_stage_arguments_name_the_field() -> None:
 def test_seeded_rng_for_dp_aggregate_reproducible() -> None:
     updates = [_update(i) for i in range(3)]
     with pytest.warns(InsecureNoiseWarning):
-        a = dp_aggregate(updates, max_norm=1.0, noise_multiplier=1.0, expected_weight=3,
-                         rng=seeded_rng(5, 0))
-        b = dp_aggregate(updates, max_norm=1.0, noise_multiplier=1.0, expected_weight=3,
-                         rng=seeded_rng(5, 0))
+        rngs = [seeded_rng(5, 0), seeded_rng(5, 0)]
+    a, b = (
+        dp_aggregate(updates, max_norm=1.0, noise_multiplier=1.0, expected_weight=3, rng=r)
+        for r in rngs
+    )
     assert torch.equal(a["w"], b["w"])
+
+
+def test_chain_state_survives_a_checkpoint(tmp_path) -> None:
+    u = _update(6)
+    stage = chain(clip(1.0), gaussian_noise(0.5, seed=9), quantize(4, bound=1.0, seed=10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureNoiseWarning)
+        _, state = stage.update(u, stage.init(u))
+        torch.save(state, tmp_path / "state.pt")
+        expected, _ = stage.update(u, state)
+        resumed, _ = stage.update(u, torch.load(tmp_path / "state.pt", weights_only=True))
+    for name in u:
+        assert torch.equal(expected[name], resumed[name])

@@ -51,9 +51,7 @@ def clipped_sum(grads: Params, max_norm: float) -> Params:
     flat = torch.cat([g.flatten(1) for g in grads.values()], dim=1)  # (batch, dim)
     norms = flat.double().norm(dim=1)  # (batch,)
     factors = torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms))
-    return {
-        name: torch.einsum("b,b...->...", factors.to(g.dtype), g) for name, g in grads.items()
-    }
+    return {name: torch.einsum("b,b...->...", factors.to(g.dtype), g) for name, g in grads.items()}
 
 
 def private_grad(

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from fedmeta.errors import BadInput
 from fedmeta.privacy.noise import Updates, gaussian_like, rng_for, uniform_like
