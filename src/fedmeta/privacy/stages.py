@@ -29,6 +29,10 @@ from fedmeta.privacy.noise import Updates, gaussian_like, rng_for, uniform_like
 
 State = Any  # ints, floats, None, and dicts/tuples of them
 
+# Seeded mode: each kind of stage draws from its own stream of (seed, step, stream), so a
+# noise stage and a quantizer given the same seed still get independent randomness.
+_NOISE_STREAM, _QUANTIZE_STREAM, _COUNT_STREAM = 0, 1, 2
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -111,7 +115,9 @@ def gaussian_noise(std: float, seed: int | None = None) -> Stage:
 
     def update(updates: Updates, state: State) -> tuple[Updates, State]:
         if std > 0:
-            noise = gaussian_like(updates, std, rng_for(state["seed"], state["step"]))
+            noise = gaussian_like(
+                updates, std, rng_for(state["seed"], state["step"], _NOISE_STREAM)
+            )
             updates = {name: t + noise[name] for name, t in updates.items()}
         return updates, {**state, "step": state["step"] + 1}
 
@@ -136,7 +142,7 @@ def quantize(bits: int, bound: float | None = None, seed: int | None = None) -> 
     intervals = 2**bits - 1
 
     def update(updates: Updates, state: State) -> tuple[Updates, State]:
-        u = uniform_like(updates, rng_for(state["seed"], state["step"]))
+        u = uniform_like(updates, rng_for(state["seed"], state["step"], _QUANTIZE_STREAM))
         out = {}
         for name, t in updates.items():
             x = t.double()
@@ -270,7 +276,9 @@ class AdaptiveClip:
         expected_clients = _positive("expected_clients", expected_clients)
         noisy = float(indicator_sum)
         if self.count_std > 0:
-            noisy += self.count_std * float(rng_for(state["seed"], state["step"]).standard_normal())
+            noisy += self.count_std * float(
+                rng_for(state["seed"], state["step"], _COUNT_STREAM).standard_normal()
+            )
         fraction = noisy / expected_clients
         clip_norm = state["clip"] * math.exp(
             -self.learning_rate * (fraction - self.target_quantile)
