@@ -44,6 +44,39 @@ def _plot_before_after(rows: list[dict], metric: str, path: Path) -> bool:
     return True
 
 
+def _plot_bytes(rows: list[dict], path: Path) -> bool:
+    pts = sorted({r["round"]: r for r in rows if r.get("bytes_up")}.items())
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for key, label in (("bytes_up", "up (clients → server)"), ("bytes_down", "down (server → clients)")):
+        ax.plot([p[0] for p in pts], [p[1].get(key, 0) / 1e6 for p in pts], marker=".", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("MB per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_personalization(per_client: dict, path: Path) -> bool:
+    metric = "acc" if "acc_after" in per_client else "loss"
+    if f"{metric}_after" not in per_client:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    values = [per_client[f"{metric}_before"], per_client[f"{metric}_after"]]
+    ax.hist(values, bins=20, label=["before adaptation", "after adaptation"], alpha=0.8)
+    ax.set_xlabel(f"query {'accuracy' if metric == 'acc' else 'loss'} per held-out client")
+    ax.set_ylabel("clients")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write the PNGs and `report.html` of a run folder; returns the HTML path."""
     run_dir = Path(run_dir)
@@ -55,9 +88,15 @@ def write_report(run_dir: str | Path) -> Path:
         name = f"{metric}.png"
         if _plot_before_after(rows, metric, run_dir / name):
             figures[name] = title
+    per_client_path = run_dir / "personalization.json"
+    if per_client_path.exists() and _plot_personalization(json.loads(per_client_path.read_text()), run_dir / "personalization.png"):
+        figures["personalization.png"] = "Personalization: held-out clients before and after adaptation"
+    if _plot_bytes(rows, run_dir / "bytes.png"):
+        figures["bytes.png"] = "Communication per round (bytes counted from the serialized updates)"
     last = defaultdict(dict)
     for r in rows:
-        last[r.get("split", "")] = r
+        if "loss_after" in r:
+            last[r.get("split", "")] = r
     table = "".join(
         f"<tr><td>{html.escape(split)}</td>"
         + "".join(f"<td>{r.get(k, float('nan')):.4g}</td>" for k in ("loss_before", "loss_after", "acc_before", "acc_after"))

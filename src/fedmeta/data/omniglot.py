@@ -313,7 +313,8 @@ class Omniglot:
         )
         self.rotations = rotations
         self.n_classes = len(self.characters) * (4 if rotations else 1)
-        check_episode_shape(n_way, k_shot, k_query, self.n_classes, DRAWERS, split)
+        drawers = images.images.shape[1]  # 20, or fewer for one client's group of drawers
+        check_episode_shape(n_way, k_shot, k_query, self.n_classes, drawers, split)
         self.n_way, self.k_shot, self.k_query = n_way, k_shot, k_query
         self.n_outputs = n_way
         base = images.images[self.characters.numpy()]  # (n, drawers, H, W) uint8
@@ -327,7 +328,7 @@ class Omniglot:
         return self.characters[classes % n], classes // n
 
     def sample_indices(self, n_tasks: int, generator: torch.Generator) -> EpisodeIndices:
-        sizes = torch.full((self.n_classes,), DRAWERS)
+        sizes = torch.full((self.n_classes,), self._pool.shape[1])
         return episode_indices(sizes, n_tasks, self.n_way, self.k_shot, self.k_query, generator)
 
     def episodes(self, idx: EpisodeIndices) -> TaskBatch:
