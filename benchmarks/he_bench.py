@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--dims", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--chains", nargs="+", default=["60,40,40,60", "60,60"])
+    parser.add_argument("--chains", nargs="+", default=["60,60", "60,40,40,60"])
     args = parser.parse_args()
 
     print(f"{args.clients} clients, N=8192 (4096 slots per ciphertext), scale 2^40")
