@@ -23,9 +23,11 @@ def run(clients: int, dim: int, params: CKKSParams) -> dict[str, float]:
     rng = np.random.default_rng(0)
     updates = rng.normal(0, 0.1, size=(clients, dim)).astype(np.float32)  # (clients, dim)
 
-    start = time.perf_counter()
-    plain = updates.sum(axis=0, dtype=np.float64)
-    plain_s = time.perf_counter() - start
+    plain_s = float("inf")
+    for _ in range(3):  # best of three: the first touch of the data is slower
+        start = time.perf_counter()
+        plain = updates.sum(axis=0, dtype=np.float64)
+        plain_s = min(plain_s, time.perf_counter() - start)
 
     start = time.perf_counter()
     keys = CKKSKeys.generate(params)
