@@ -9,7 +9,7 @@ from fedmeta.errors import ConfigError
 from fedmeta.privacy.secagg import protocol
 from fedmeta.privacy.secagg.encoding import FixedPointCodec
 from fedmeta.privacy.secagg.graph import degree_for, min_threshold, neighbours
-from fedmeta.privacy.secagg.messages import UnmaskRequest
+from fedmeta.privacy.secagg.messages import ShareDelivery, UnmaskRequest
 from fedmeta.privacy.secagg.protocol import (
     Phase,
     ProtocolViolation,
@@ -167,3 +167,18 @@ def test_degree_for_is_the_smallest_meeting_the_failure_bound(n: int, rate: floa
         return n * binom.cdf(min_threshold(k) - 1, k, 1 - rate)
 
     assert k % 2 == 0 and failure(k) <= 1e-3 < failure(k - 2)
+
+
+def test_a_tampered_share_is_refused_at_unmasking() -> None:
+    config = SecAggConfig((0, 1, 2), 2, 4, 1.0)
+    server = SecAggServer(config)
+    clients = {i: SecAggClient(config, i) for i in range(3)}
+    out = server.collect_keys({i: c.advertise() for i, c in clients.items()})
+    out = server.collect_shares({i: c.share_keys(out[i]) for i, c in clients.items()})
+    delivery = ShareDelivery.from_bytes(out[0]).ciphertexts
+    delivery[1] = delivery[1][:-1] + bytes([delivery[1][-1] ^ 1])  # flip one tag bit
+    out[0] = ShareDelivery(delivery).to_bytes()
+    masked = {i: c.masked_input(out[i], np.zeros(4)) for i, c in clients.items()}
+    requests = server.collect_masked(masked)
+    with pytest.raises(ProtocolViolation, match="authentication"):
+        clients[0].unmask(requests[0])

@@ -113,7 +113,7 @@ class SecAggConfig:
             object.__setattr__(self, "degree", n - 1 if full else degree_for(n))
         # t > holders/2: a server lying about who dropped cannot collect both b_u and s_u^SK
         lowest, holders = min_threshold(self.degree), self.degree + 1
-        if not lowest <= self.threshold <= holders:
+        if not (isinstance(self.threshold, int) and lowest <= self.threshold <= holders):
             raise ConfigError("threshold", self.threshold, f"an integer in [{lowest}, {holders}]")
         _ = (self.codec, self.graph)  # built now so that bad parameters raise here
 
@@ -348,6 +348,9 @@ class SecAggServer:
     def collect_keys(self, msgs: Mapping[int, bytes]) -> dict[int, bytes]:
         """Round 0: AdvertiseKeys by client -> KeyBroadcast by client."""
         adverts = self._parse(msgs, AdvertiseKeys, frozenset(self.config.clients))
+        for u, m in adverts.items():
+            if len(m.c_public) != _KEY_BYTES or len(m.s_public) != _KEY_BYTES:
+                raise ProtocolViolation(f"client {u} advertised keys that are not X25519 keys")
         self._u1 = frozenset(adverts)
         self._share_holders: dict[int, frozenset[int]] = {}
         for u in self._u1:
