@@ -113,7 +113,7 @@ class Config(Section):
     federated: FederatedConfig | None = None
 
     @model_validator(mode="after")
-    def _compatible(self) -> "Config":
+    def _compatible(self) -> Config:
         if self.data.name == "synthetic" and self.federated is None:
             raise ConfigError("data.name", "synthetic", "a federated run (add a [federated] section)")
         fed = self.federated

@@ -35,7 +35,7 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, out: str | Path | None, config: Config) -> "RunDir":
+    def create(cls, out: str | Path | None, config: Config) -> RunDir:
         """A new run folder (default `runs/<name>-<time>`); refuses to overwrite a run."""
         if out is None:
             out = Path("runs") / f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -50,7 +50,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> tuple["RunDir", Config]:
+    def open(cls, path: str | Path) -> tuple[RunDir, Config]:
         """An existing run folder and its resolved config, for `--resume` and reports."""
         p = Path(path)
         if not (p / "config.toml").is_file():

@@ -61,5 +61,5 @@ def test_resume_after_sigkill_reproduces_final_parameters(tmp_path: Path):
     assert fedmeta("--resume", str(killed)).wait(timeout=300) == 0
     a, b = torch.load(full / "model.pt"), torch.load(killed / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rounds = lambda p: [line for line in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    rounds = lambda p: [line for line in (p / "metrics.jsonl").read_text().splitlines()]
     assert len(rounds(full)) == len(rounds(killed))

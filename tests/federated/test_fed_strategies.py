@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedmeta.federated.strategies import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, weighted_mean
+from fedmeta.federated.strategies import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedYogi,
+    weighted_mean,
+)
 
 
 def test_weighted_mean_is_the_hand_computation():

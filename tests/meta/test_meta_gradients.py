@@ -115,16 +115,16 @@ def test_maml_minus_fomaml_is_the_hessian_term(setup):
     maml = MAML(model, "regression", inner_steps=1, inner_lr=ALPHA).meta_gradient(params, batch)[1]
     fo = FOMAML(model, "regression", inner_steps=1, inner_lr=ALPHA).meta_gradient(params, batch)[1]
     names = list(params)
-    flat = lambda d: torch.cat([d[k].reshape(-1) for k in names])  # noqa: E731
-    unflat = lambda v: dict(zip(names, torch.split(v, [params[k].numel() for k in names])))  # noqa: E731
+    flat = lambda d: torch.cat([d[k].reshape(-1) for k in names])
+    unflat = lambda v: dict(zip(names, torch.split(v, [params[k].numel() for k in names])))
     expected = torch.zeros(sum(p.numel() for p in params.values()), dtype=torch.float64)
     for xs, ys, xq, yq in zip(batch.xs, batch.ys, batch.xq, batch.yq):
 
-        def support(v):
+        def support(v, xs=xs, ys=ys):
             shaped = {k: t.reshape(params[k].shape) for k, t in unflat(v).items()}
             return torch.nn.functional.mse_loss(torch.func.functional_call(model, shaped, (xs,)), ys)
 
-        def query(v):
+        def query(v, xq=xq, yq=yq):
             shaped = {k: t.reshape(params[k].shape) for k, t in unflat(v).items()}
             return torch.nn.functional.mse_loss(torch.func.functional_call(model, shaped, (xq,)), yq)
 

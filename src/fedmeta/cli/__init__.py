@@ -22,24 +22,18 @@ def _root() -> None:
     """Privacy-preserving federated meta-learning: `fedmeta run` starts the default demo."""
 
 
-_registered: list[str] = []
+_registered: list[bool] = []
 
 
 def _register() -> None:
+    """Attach every subcommand module to `app` (once)."""
     if _registered:
         return
-    from fedmeta.cli import run  # noqa: F401  (each module adds its commands to `app`)
+    from fedmeta.cli import data, keys, ledger, privacy, report, run  # noqa: F401  (run decorates `app`)
 
-    for name in ("privacy", "ledger", "keys", "data", "report", "deploy"):
-        try:
-            module = __import__(f"fedmeta.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as err:
-            if err.name != f"fedmeta.cli.{name}":
-                raise
-            continue
+    for module in (privacy, ledger, keys, data, report):
         module.register(app)
-        _registered.append(name)
-    _registered.append("run")
+    _registered.append(True)
 
 
 def main(argv: list[str] | None = None) -> int:

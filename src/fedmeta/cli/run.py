@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,11 +16,11 @@ from fedmeta.rundir import RunDir
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Argument(help="Run config (TOML); none = built-in demo.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a config value: a.b=v.")] = [],
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<name>-<time>).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Datasets folder (else $FEDMETA_DATA).")] = None,
+    config: Annotated[Path | None, typer.Argument(help="Run config (TOML); none = built-in demo.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=v.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>-<time>).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Datasets folder (else $FEDMETA_DATA).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train, evaluate and report one run; leaves everything in the run folder."""
@@ -29,11 +29,11 @@ def run(
     from fedmeta.train import train
 
     if resume is not None:
-        if config is not None or set_:
+        if config is not None or set_ or data_dir:
             raise BadInput("--resume", str(resume), "no CONFIG or --set with --resume (the folder's config is used)")
         folder, cfg = RunDir.open(resume)
     else:
-        overrides = list(set_) + ([f"data.data_dir={data_dir!r}"] if data_dir else [])
+        overrides = list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else [])
         cfg = load_config(config, overrides)
         folder = RunDir.create(out, cfg)
     print(f"run folder: {folder.path}", file=sys.stderr)

@@ -33,7 +33,7 @@ class TaskBatch:
     def n_tasks(self) -> int:
         return self.xs.shape[0]
 
-    def task(self, i: int) -> "TaskBatch":
+    def task(self, i: int) -> TaskBatch:
         """Episode i, keeping a task axis of length 1."""
         return TaskBatch(*(t[i : i + 1] for t in (self.xs, self.ys, self.xq, self.yq)))
 

@@ -164,7 +164,12 @@ def federated_omniglot(cfg: Any, data: Any, generator: torch.Generator) -> Feder
     held-out alphabets (unseen characters and drawers). A single drawer drew each
     character once, so a group of `drawers_per_client` drawers is the smallest owner that
     can form support and query sets of the same character."""
-    from fedmeta.data.omniglot import Omniglot, OmniglotImages, default_test_alphabets, load_omniglot
+    from fedmeta.data.omniglot import (
+        Omniglot,
+        OmniglotImages,
+        default_test_alphabets,
+        load_omniglot,
+    )
 
     images = load_omniglot(data.data_dir)
     test = default_test_alphabets(images) if data.test_alphabets is None else data.test_alphabets

@@ -423,7 +423,7 @@ class SecAggServer:
         for u, shares in (b_shares | sk_shares).items():
             _check_threshold(Phase.UNMASK, u, len(shares), t)
         total, session = self._total, self.config.session
-        for u, shares in b_shares.items():
+        for shares in b_shares.values():
             _apply(total, reconstruct(shares, t), -1)
         for u, shares in sk_shares.items():
             sk = X25519PrivateKey.from_private_bytes(reconstruct(shares, t))
