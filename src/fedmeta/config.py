@@ -104,6 +104,13 @@ class FederatedConfig(Section):
     client_chunk: PosInt = 256
 
 
+class LedgerConfig(Section):
+    """The signed model ledger (`ledger.db` in the run folder) of a federated run."""
+
+    enabled: bool = False
+    server_key: str | None = None  # Ed25519 PEM; default $FEDMETA_HOME/server_key.pem
+
+
 class Config(Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
@@ -111,12 +118,15 @@ class Config(Section):
     meta: MetaConfig = MetaConfig()
     train: TrainConfig = TrainConfig()
     federated: FederatedConfig | None = None
+    ledger: LedgerConfig = LedgerConfig()
 
     @model_validator(mode="after")
     def _compatible(self) -> Config:
         if self.data.name == "synthetic" and self.federated is None:
             raise ConfigError("data.name", "synthetic", "a federated run (add a [federated] section)")
         fed = self.federated
+        if self.ledger.enabled and fed is None:
+            raise ConfigError("ledger.enabled", True, "a federated run (add a [federated] section)")
         if fed is not None:
             if fed.local_steps_min is not None and fed.local_steps_min > fed.local_steps:
                 raise ConfigError("federated.local_steps_min", fed.local_steps_min, f"at most federated.local_steps = {fed.local_steps}")

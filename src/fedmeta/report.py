@@ -77,6 +77,34 @@ def _plot_personalization(per_client: dict, path: Path) -> bool:
     return True
 
 
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def _ledger_table(run_dir: Path) -> str:
+    """The model history as the ledger records it: entry, round, model, parent, contributors."""
+    if not (run_dir / "ledger.db").exists():
+        return ""
+    from fedmeta.ledger import RunLedger
+
+    with RunLedger.open(run_dir) as ledger:
+        entries = [(i, json.loads(body)) for i, body, _ in ledger.ledger.entries()]
+    rows = "".join(
+        f"<tr><td>{i}</td><td>{e['round']}</td>"
+        f"<td><a href='models/{e['model_sha256']}.pt'><code>{e['model_sha256'][:16]}</code></a></td>"
+        f"<td><code>{e['parent_sha256'][:16]}</code></td><td>{len(e['clients'])}</td>"
+        f"<td>{len(e['rejected'])}</td><td>{_fmt(e['epsilon'])}</td></tr>"
+        for i, e in entries
+        if e.get("type") == "round"
+    )
+    return (
+        "<h2>Model history (ledger.db)</h2><p>Each model version as recorded in the signed ledger; "
+        "check it with <code>fedmeta ledger verify " + html.escape(str(run_dir)) + "</code>.</p>"
+        "<table><tr><th>entry</th><th>round</th><th>model SHA-256</th><th>parent</th>"
+        "<th>contributors</th><th>rejected</th><th>ε</th></tr>" + rows + "</table>"
+    )
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write the PNGs and `report.html` of a run folder; returns the HTML path."""
     run_dir = Path(run_dir)
@@ -111,6 +139,7 @@ def write_report(run_dir: str | Path) -> Path:
         table,
         "</table>",
         *(f"<h2>{html.escape(t)}</h2><img src='{n}' alt='{html.escape(t)}'>" for n, t in figures.items()),
+        _ledger_table(run_dir),
         "<h2>Summary</h2><pre>" + html.escape(json.dumps(summary, indent=2)) + "</pre>",
         "<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>",
     ]

@@ -15,6 +15,7 @@ resumed from its checkpoint repeats exactly what an uninterrupted run would do.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from fedmeta.errors import FedmetaError
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
 from fedmeta.federated.perfedavg import PerFedAvg
+from fedmeta.federated.record import RunRecord
 from fedmeta.federated.strategies import STRATEGIES, weighted_mean
 from fedmeta.federated.validation import RejectedUpdate, check_update
 from fedmeta.federated.wire import encode, raw
@@ -219,6 +221,7 @@ class Simulation:
                 f"after {fed.max_retries + 1} attempts; federated.min_clients = {fed.min_clients}"
             )
         self.params, self.round = new, r
+        self.last_commitments = {str(c): hashlib.sha256(m).hexdigest() for c, m in collected.messages.items() if c not in rejected}
         down = len(encode({k: raw(v) for k, v in self.params.items()}))
         return {
             "round": r,
@@ -276,6 +279,7 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
     if state is not None:
         sim.load_state_dict(state["simulation"])
         elapsed = state["elapsed"]
+    record = RunRecord(cfg, run.path, sim.params, resume=resume) if cfg.ledger.enabled else None
     t0 = time.perf_counter() - elapsed
     last: dict[str, Any] = {}
     per_client: dict[str, Any] = {}
@@ -294,6 +298,8 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
             evaluate({"bytes_up": 0, "bytes_down": 0})
         while sim.round < fed.rounds:
             info = sim.run_round()
+            if record is not None:
+                record.round(sim.round, sim.params, sim.last_commitments, info, fed.strategy)
             if sim.round % fed.eval_every == 0 or sim.round == fed.rounds:
                 evaluate(info)
             else:
@@ -313,5 +319,7 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         "bytes_up_total": sum(r.get("bytes_up", 0) for r in run.metrics() if r.get("split") != "train"),
         "bytes_down_total": sum(r.get("bytes_down", 0) for r in run.metrics() if r.get("split") != "train"),
     }
+    if record is not None:
+        summary["ledger"] = record.end({k: summary[k] for k in ("rounds", "final")})
     run.write_json("summary.json", summary)
     return summary
