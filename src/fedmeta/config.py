@@ -111,6 +111,18 @@ class LedgerConfig(Section):
     server_key: str | None = None  # Ed25519 PEM; default $FEDMETA_HOME/server_key.pem
 
 
+class PrivacyConfig(Section):
+    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018)."""
+
+    dp: Literal["off", "central", "local"] = "off"
+    clip_norm: PosFloat = 1.0
+    noise_multiplier: Annotated[float, Field(ge=0)] = 1.0
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    accountant: Literal["rdp", "pld"] = "rdp"
+    target_epsilon: PosFloat | None = None
+    noise_seed: int | None = None  # reproducible (insecure) noise, for experiments only
+
+
 class Config(Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
@@ -119,6 +131,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     federated: FederatedConfig | None = None
     ledger: LedgerConfig = LedgerConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _compatible(self) -> Config:
@@ -127,6 +140,11 @@ class Config(Section):
         fed = self.federated
         if self.ledger.enabled and fed is None:
             raise ConfigError("ledger.enabled", True, "a federated run (add a [federated] section)")
+        dp = self.privacy
+        if dp.dp != "off" and fed is None:
+            raise ConfigError("privacy.dp", dp.dp, "'off' unless the run is federated (client-level DP)")
+        if dp.target_epsilon is not None and (dp.dp == "off" or dp.noise_multiplier == 0):
+            raise ConfigError("privacy.target_epsilon", dp.target_epsilon, "a budget only with privacy.dp on and privacy.noise_multiplier > 0")
         if fed is not None:
             if fed.local_steps_min is not None and fed.local_steps_min > fed.local_steps:
                 raise ConfigError("federated.local_steps_min", fed.local_steps_min, f"at most federated.local_steps = {fed.local_steps}")

@@ -53,7 +53,7 @@ class RunRecord:
     def public_key(self) -> str:
         return public_key_hex(self.key.public_key())
 
-    def round(self, round_: int, params: Params, commitments: dict[str, str], info: dict[str, Any], aggregation: str) -> None:
+    def round(self, round_: int, params: Params, commitments: dict[str, str], info: dict[str, Any], aggregation: str, privacy: dict[str, Any]) -> None:
         sha = store_model(self.run_dir, model_bytes(params))
         logged = self.ledger.last_round
         if logged is not None and round_ <= logged:  # replayed after a resume
@@ -62,7 +62,7 @@ class RunRecord:
             self.parent = sha
             return
         metrics = {k: info[k] for k in ("clients", "sampled", "dropped", "bytes_up", "bytes_down") if k in info}
-        self.ledger.round(round_, sha, self.parent, sorted(commitments), commitments, aggregation, None, None, metrics, info.get("rejected", []))
+        self.ledger.round(round_, sha, self.parent, sorted(commitments), commitments, aggregation, privacy.get("epsilon"), privacy.get("delta"), metrics, info.get("rejected", []))
         self.parent = sha
 
     def end(self, summary: dict[str, Any]) -> dict[str, Any]:

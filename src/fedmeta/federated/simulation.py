@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,9 @@ from fedmeta.federated.validation import RejectedUpdate, check_update
 from fedmeta.federated.wire import encode, raw
 from fedmeta.meta import ALGORITHMS, MAML, MetaLearner, Params
 from fedmeta.models import build_model, parameters_of
+from fedmeta.privacy.accountant import Accountant
+from fedmeta.privacy.noise import gaussian_like, rng_for
+from fedmeta.privacy.stages import clip_updates, dp_aggregate
 from fedmeta.progress import progress_bar
 from fedmeta.rundir import RunDir
 
@@ -93,6 +98,7 @@ class Simulation:
         self.codec_state: dict[int, Any] = {}
         self.round = 0
         self.per_round = cfg.clients_per_round_count
+        self.accountant = Accountant(cfg.privacy.accountant)
 
     def _strategy(self):
         fed = self.cfg.federated
@@ -109,7 +115,15 @@ class Simulation:
         return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
 
     # -- clients ------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> float:
+        return min(1.0, self.per_round / len(self.data.train))
+
     def sample_clients(self, gen: torch.Generator) -> list[int]:
+        """A fixed-size sample, or under DP Poisson sampling at rate q (what the accountant assumes)."""
+        if self.cfg.privacy.dp != "off":
+            picked = torch.rand(len(self.data.train), generator=gen) < self.sample_rate
+            return picked.nonzero().squeeze(1).tolist()
         order = torch.randperm(len(self.data.train), generator=gen)
         return sorted(order[: self.per_round].tolist())
 
@@ -157,6 +171,22 @@ class Simulation:
                 out[c] = err
         return out
 
+    def noise_rng(self, *counters: int):
+        return rng_for(self.cfg.privacy.noise_seed, *counters)
+
+    def privatize(self, cid: int, round_: int, delta: Params) -> Params:
+        """Client-side DP stages: clip to C; in the local variant also add N(0, σ²C²/m), m the
+        expected clients per round, so the sum of m shares carries the central noise σC."""
+        dp = self.cfg.privacy
+        if dp.dp == "off":
+            return delta
+        clipped = clip_updates(delta, dp.clip_norm)
+        if dp.dp == "central" or dp.noise_multiplier == 0:
+            return clipped
+        std = dp.noise_multiplier * dp.clip_norm / math.sqrt(self.sample_rate * len(self.data.train))
+        noise = gaussian_like(clipped, std, self.noise_rng(round_, cid + 1))
+        return {k: (v + noise[k]).to(v.dtype) for k, v in clipped.items()}
+
     def encode_update(self, cid: int, delta: Params, gen: torch.Generator) -> bytes:
         state = self.codec_state.get(cid)
         if state is None:
@@ -183,7 +213,7 @@ class Simulation:
                 dropped[cid] = f"failed: {type(result).__name__}: {result}"
                 log.warning("round %d: client %d failed: %s", round_, cid, result)
             else:
-                messages[cid] = self.encode_update(cid, result, gen)
+                messages[cid] = self.encode_update(cid, self.privatize(cid, round_, result), gen)
         weights = {c: float(getattr(self.data.train[c], "n_examples", 1)) for c in messages}
         return Collected(messages, weights, sampled, dropped, attempt)
 
@@ -200,7 +230,18 @@ class Simulation:
         if len(accepted) < self.cfg.federated.min_clients:
             raise NotEnoughClients(len(accepted), len(collected.sampled))
         ids = sorted(accepted)
-        delta = weighted_mean([accepted[c] for c in ids], [collected.weights[c] for c in ids])
+        dp = self.cfg.privacy
+        if dp.dp == "off":
+            delta = weighted_mean([accepted[c] for c in ids], [collected.weights[c] for c in ids])
+        else:  # DP-FedAvg: unit weights, fixed divisor q·N, central noise σC on the sum
+            delta = dp_aggregate(
+                [accepted[c] for c in ids],
+                max_norm=dp.clip_norm,
+                noise_multiplier=dp.noise_multiplier if dp.dp == "central" else 0.0,
+                expected_weight=self.sample_rate * len(self.data.train),
+                rng=self.noise_rng(self.round + 1, 0),
+            )
+            delta = {k: v.to(self.params[k].dtype) for k, v in delta.items()}
         new, self.server_state = self.strategy.apply(self.params, delta, self.server_state)
         return new, rejected
 
@@ -221,6 +262,8 @@ class Simulation:
                 f"after {fed.max_retries + 1} attempts; federated.min_clients = {fed.min_clients}"
             )
         self.params, self.round = new, r
+        if self.cfg.privacy.dp != "off":
+            self.accountant.step(noise_multiplier=self.cfg.privacy.noise_multiplier, sample_rate=self.sample_rate)
         self.last_commitments = {str(c): hashlib.sha256(m).hexdigest() for c, m in collected.messages.items() if c not in rejected}
         down = len(encode({k: raw(v) for k, v in self.params.items()}))
         return {
@@ -232,7 +275,27 @@ class Simulation:
             "attempts": collected.attempt + 1,
             "bytes_up": sum(len(m) for m in collected.messages.values()),
             "bytes_down": down * len(collected.sampled),
+            **self.privacy_spent(),
         }
+
+    def privacy_spent(self) -> dict[str, Any]:
+        dp = self.cfg.privacy
+        if dp.dp == "off":
+            return {}
+        eps = self.accountant.epsilon(dp.delta) if self.accountant.history else 0.0
+        return {"epsilon": eps, "delta": dp.delta, "accountant": dp.accountant}
+
+    def budget_exhausted(self) -> str | None:
+        """Why the next round must not run (it would spend more than the target ε), or None."""
+        dp = self.cfg.privacy
+        if dp.target_epsilon is None:
+            return None
+        if self.accountant.would_exceed(target_epsilon=dp.target_epsilon, delta=dp.delta,
+                                        noise_multiplier=dp.noise_multiplier, sample_rate=self.sample_rate):
+            spent = self.privacy_spent()["epsilon"]
+            return (f"privacy budget: round {self.round + 1} would exceed target ε = {dp.target_epsilon} at "
+                    f"δ = {dp.delta} (σ = {dp.noise_multiplier}, q = {self.sample_rate:.4g}); spent ε = {spent:.4g}")
+        return None
 
     # -- evaluation -----------------------------------------------------------------------
     def personalization(self, split: str = "test", max_clients: int = 200) -> dict[str, Any]:
@@ -255,13 +318,15 @@ class Simulation:
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "params": self.params, "server_state": self.server_state, "codec_state": self.codec_state}
+        return {"round": self.round, "params": self.params, "server_state": self.server_state,
+                "codec_state": self.codec_state, "accountant": self.accountant.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round = state["round"]
         self.params = state["params"]
         self.server_state = state["server_state"]
         self.codec_state = state["codec_state"]
+        self.accountant = Accountant.from_state_dict(state["accountant"])
 
 
 class NotEnoughClients(Exception):
@@ -283,13 +348,15 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
     t0 = time.perf_counter() - elapsed
     last: dict[str, Any] = {}
     per_client: dict[str, Any] = {}
+    stopped, evaluated = None, None
 
     def evaluate(extra: dict[str, Any]) -> None:
-        nonlocal last, per_client
+        nonlocal last, per_client, evaluated
+        evaluated = sim.round
         for split in ("test", "train") if sim.data.held_out else ("train",):
             row = sim.personalization(split)
             clients = row.pop("per_client")
-            run.log({"round": sim.round, **row, **extra})
+            run.log({"round": sim.round, **row, **sim.privacy_spent(), **extra})
             if split == "test" or not sim.data.held_out:
                 last, per_client = row, clients
 
@@ -297,15 +364,22 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         if sim.round == 0:
             evaluate({"bytes_up": 0, "bytes_down": 0})
         while sim.round < fed.rounds:
+            stopped = sim.budget_exhausted()
+            if stopped:
+                log.warning(stopped)
+                print(f"stopping early: {stopped}", file=sys.stderr)
+                break
             info = sim.run_round()
             if record is not None:
-                record.round(sim.round, sim.params, sim.last_commitments, info, fed.strategy)
+                record.round(sim.round, sim.params, sim.last_commitments, info, fed.strategy, sim.privacy_spent())
             if sim.round % fed.eval_every == 0 or sim.round == fed.rounds:
                 evaluate(info)
             else:
                 run.log({**info, "split": "round"})
             run.save_checkpoint({"simulation": sim.state_dict(), "elapsed": time.perf_counter() - t0})
             advance(**{k: last[k] for k in ("loss_after", "acc_after") if k in last})
+    if evaluated != sim.round:  # the loop ended off-schedule (budget stop) or was resumed at its end
+        evaluate({})
     run.save_model(sim.params)
     run.write_json("personalization.json", per_client)
     summary = {
@@ -313,7 +387,9 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         "procedure": fed.local_procedure,
         "algorithm": cfg.meta.algorithm if fed.local_procedure == "fedmeta" else fed.local_procedure,
         "strategy": fed.strategy,
-        "rounds": fed.rounds,
+        "rounds": sim.round,
+        "stopped": stopped,
+        **sim.privacy_spent(),
         "seconds": round(time.perf_counter() - t0, 2),
         "final": {k: v for k, v in last.items() if k not in ("round", "split")},
         "bytes_up_total": sum(r.get("bytes_up", 0) for r in run.metrics() if r.get("split") != "train"),

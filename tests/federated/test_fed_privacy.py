@@ -1,0 +1,72 @@
+"""Client-level DP in the runtime: ε per round equals dp-accounting's own figure for the same
+events, the budget stop lands on the right round, local noise shares add up to σC, and
+incompatible options are one-line config errors."""
+
+import dp_accounting
+import pytest
+import torch
+
+from fedmeta.config import load_config
+from fedmeta.errors import ConfigError
+from fedmeta.federated.simulation import Simulation, run_federated
+from fedmeta.rundir import RunDir
+
+SIGMA, DELTA = 1.1, 1e-5
+
+
+def reference_epsilon(q: float, rounds: int) -> float:
+    """dp-accounting called directly: `rounds` Poisson-subsampled Gaussian events."""
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(SIGMA)), rounds)
+    return acc.get_epsilon(DELTA)
+
+
+def dp_config(config, **privacy):
+    cfg = config("sinusoid", rounds=6, n_clients=20, clients_per_round=5, held_out_clients=2, eval_every=2)
+    return cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"dp": "central", "noise_multiplier": SIGMA,
+                                                                             "delta": DELTA, "noise_seed": 7, **privacy})})
+
+
+def test_epsilon_per_round_matches_dp_accounting(config):
+    sim = Simulation(dp_config(config))
+    q = sim.sample_rate
+    assert q == pytest.approx(5 / 20)
+    for r in range(1, 4):
+        with pytest.warns(UserWarning):  # seeded noise is flagged as not secure
+            info = sim.run_round()
+        assert info["epsilon"] == pytest.approx(reference_epsilon(q, r), rel=1e-9)
+
+
+def test_budget_stop_triggers_at_the_right_round(config, tmp_path):
+    q = 5 / 20
+    target = (reference_epsilon(q, 3) + reference_epsilon(q, 4)) / 2  # 3 rounds fit, a 4th would not
+    cfg = dp_config(config, target_epsilon=target)
+    with pytest.warns(UserWarning):
+        summary = run_federated(cfg, RunDir.create(tmp_path / "r", cfg), show_progress=False)
+    assert summary["rounds"] == 3
+    assert "would exceed target ε" in summary["stopped"]
+    assert summary["epsilon"] == pytest.approx(reference_epsilon(q, 3)) and summary["epsilon"] <= target
+
+
+def test_local_dp_shares_sum_to_central_noise(config):
+    """Each of m expected clients adds N(0, σ²C²/m): m shares have the central std σC."""
+    sim = Simulation(dp_config(config, dp="local", clip_norm=0.5, noise_seed=None))
+    zero = {k: torch.zeros(4000) for k in ("a",)}
+    m = sim.sample_rate * len(sim.data.train)
+    total = sum(sim.privatize(c, 1, zero)["a"] for c in range(int(m)))
+    assert float(total.std()) == pytest.approx(SIGMA * 0.5, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["privacy.dp='central'"], "privacy.dp"),  # the demo minus [federated]: not federated
+        (["privacy.target_epsilon=1.0"], "privacy.target_epsilon"),
+    ],
+)
+def test_incompatible_options_are_one_line_errors(tmp_path, overrides, field):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[data]\nname = "sinusoid"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, overrides)
+    assert err.value.field == field and "\n" not in str(err.value)
