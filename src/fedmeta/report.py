@@ -23,6 +23,19 @@ def _series(rows: list[dict], split: str, key: str) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, grid: bool = True) -> bool:
+    """Label, save and close a figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if grid:
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _plot_before_after(rows: list[dict], metric: str, path: Path) -> bool:
     splits = sorted({r["split"] for r in rows if f"{metric}_after" in r})
     if not splits:
@@ -32,16 +45,9 @@ def _plot_before_after(rows: list[dict], metric: str, path: Path) -> bool:
         for when, style in (("before", "--"), ("after", "-")):
             x, y = _series(rows, split, f"{metric}_{when}")
             ax.plot(x, y, style, marker=".", label=f"{split}, {when} adaptation")
-    ax.set_xlabel("round")
-    ax.set_ylabel("query " + ("accuracy" if metric == "acc" else "loss"))
     if metric == "loss":
         ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(fig, ax, path, "round", "query " + ("accuracy" if metric == "acc" else "loss"))
 
 
 def _plot_bytes(rows: list[dict], path: Path) -> bool:
@@ -51,14 +57,7 @@ def _plot_bytes(rows: list[dict], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for key, label in (("bytes_up", "up (clients → server)"), ("bytes_down", "down (server → clients)")):
         ax.plot([p[0] for p in pts], [p[1].get(key, 0) / 1e6 for p in pts], marker=".", label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("MB per round")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(fig, ax, path, "round", "MB per round")
 
 
 def _plot_personalization(per_client: dict, path: Path) -> bool:
@@ -68,13 +67,8 @@ def _plot_personalization(per_client: dict, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     values = [per_client[f"{metric}_before"], per_client[f"{metric}_after"]]
     ax.hist(values, bins=20, label=["before adaptation", "after adaptation"], alpha=0.8)
-    ax.set_xlabel(f"query {'accuracy' if metric == 'acc' else 'loss'} per held-out client")
-    ax.set_ylabel("clients")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    xlabel = f"query {'accuracy' if metric == 'acc' else 'loss'} per held-out client"
+    return _finish(fig, ax, path, xlabel, "clients", grid=False)
 
 
 def _fmt(value: float | None) -> str:
