@@ -121,6 +121,8 @@ class PrivacyConfig(Section):
     accountant: Literal["rdp", "pld"] = "rdp"
     target_epsilon: PosFloat | None = None
     noise_seed: int | None = None  # reproducible (insecure) noise, for experiments only
+    secure_aggregation: Literal["off", "secagg", "secagg+"] = "off"
+    secagg_clip: PosFloat = 1.0  # fixed-point range of each weighted coordinate (DP: clip_norm)
 
 
 class Config(Section):
@@ -145,6 +147,8 @@ class Config(Section):
             raise ConfigError("privacy.dp", dp.dp, "'off' unless the run is federated (client-level DP)")
         if dp.target_epsilon is not None and (dp.dp == "off" or dp.noise_multiplier == 0):
             raise ConfigError("privacy.target_epsilon", dp.target_epsilon, "a budget only with privacy.dp on and privacy.noise_multiplier > 0")
+        if dp.secure_aggregation != "off" and fed is None:
+            raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation, "'off' unless the run is federated")
         if fed is not None:
             if fed.local_steps_min is not None and fed.local_steps_min > fed.local_steps:
                 raise ConfigError("federated.local_steps_min", fed.local_steps_min, f"at most federated.local_steps = {fed.local_steps}")

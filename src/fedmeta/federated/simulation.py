@@ -35,6 +35,7 @@ from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
 from fedmeta.federated.perfedavg import PerFedAvg
 from fedmeta.federated.record import RunRecord
+from fedmeta.federated.secure import secure_weighted_sum, weight_scale
 from fedmeta.federated.strategies import STRATEGIES, weighted_mean
 from fedmeta.federated.validation import RejectedUpdate, check_update
 from fedmeta.federated.wire import encode, raw
@@ -231,19 +232,39 @@ class Simulation:
             raise NotEnoughClients(len(accepted), len(collected.sampled))
         ids = sorted(accepted)
         dp = self.cfg.privacy
-        if dp.dp == "off":
-            delta = weighted_mean([accepted[c] for c in ids], [collected.weights[c] for c in ids])
+        updates = [accepted[c] for c in ids]
+        if dp.secure_aggregation != "off":
+            delta = self.secure_aggregate(updates, [collected.weights[c] for c in ids])
+        elif dp.dp == "off":
+            delta = weighted_mean(updates, [collected.weights[c] for c in ids])
         else:  # DP-FedAvg: unit weights, fixed divisor q·N, central noise σC on the sum
             delta = dp_aggregate(
-                [accepted[c] for c in ids],
+                updates,
                 max_norm=dp.clip_norm,
                 noise_multiplier=dp.noise_multiplier if dp.dp == "central" else 0.0,
                 expected_weight=self.sample_rate * len(self.data.train),
                 rng=self.noise_rng(self.round + 1, 0),
             )
-            delta = {k: v.to(self.params[k].dtype) for k, v in delta.items()}
+        delta = {k: v.to(self.params[k].dtype) for k, v in delta.items()}
         new, self.server_state = self.strategy.apply(self.params, delta, self.server_state)
         return new, rejected
+
+    def secure_aggregate(self, updates: list[Params], weights: list[float]) -> Params:
+        """The mean update from a secure sum: the server sees Σ w·Δ and Σ w only."""
+        dp = self.cfg.privacy
+        if dp.dp == "off":  # example-weighted FedAvg, weights scaled into (0, 1]
+            scale = weight_scale(weights)
+            total, weight, self.secagg_stats = secure_weighted_sum(
+                updates, [w / scale for w in weights], clip=dp.secagg_clip, neighbourhood=dp.secure_aggregation)
+            return {k: v / weight for k, v in total.items()}
+        # DP-FedAvg on the secure sum (clients clipped to C): unit weights, central noise σC
+        # added by the server to the sum it learns, fixed divisor q·N
+        total, _, self.secagg_stats = secure_weighted_sum(
+            updates, [1.0] * len(updates), clip=dp.clip_norm, neighbourhood=dp.secure_aggregation)
+        if dp.dp == "central" and dp.noise_multiplier > 0:
+            noise = gaussian_like(total, dp.noise_multiplier * dp.clip_norm, self.noise_rng(self.round + 1, 0))
+            total = {k: v + noise[k] for k, v in total.items()}
+        return {k: v / (self.sample_rate * len(self.data.train)) for k, v in total.items()}
 
     def run_round(self) -> dict[str, Any]:
         r = self.round + 1
@@ -262,7 +283,7 @@ class Simulation:
                 f"after {fed.max_retries + 1} attempts; federated.min_clients = {fed.min_clients}"
             )
         self.params, self.round = new, r
-        if self.cfg.privacy.dp != "off":
+        if self.cfg.privacy.dp != "off" and self.cfg.privacy.noise_multiplier > 0:
             self.accountant.step(noise_multiplier=self.cfg.privacy.noise_multiplier, sample_rate=self.sample_rate)
         self.last_commitments = {str(c): hashlib.sha256(m).hexdigest() for c, m in collected.messages.items() if c not in rejected}
         down = len(encode({k: raw(v) for k, v in self.params.items()}))
@@ -276,12 +297,27 @@ class Simulation:
             "bytes_up": sum(len(m) for m in collected.messages.values()),
             "bytes_down": down * len(collected.sampled),
             **self.privacy_spent(),
+            **self.secagg_costs(),
+        }
+
+    def secagg_costs(self) -> dict[str, Any]:
+        """Bytes and seconds of the round's secure aggregation, when it ran."""
+        stats = getattr(self, "secagg_stats", None)
+        if stats is None or self.cfg.privacy.secure_aggregation == "off":
+            return {}
+        return {
+            "secagg_bytes_up": sum(c.total_bytes_sent for c in stats.clients.values()),
+            "secagg_client_seconds": round(stats.client_seconds_per_client(), 4),
+            "secagg_server_seconds": round(stats.server.total_seconds, 4),
+            "secagg_included": len(stats.included),
         }
 
     def privacy_spent(self) -> dict[str, Any]:
         dp = self.cfg.privacy
         if dp.dp == "off":
             return {}
+        if dp.noise_multiplier == 0:  # clipping only: no finite ε
+            return {"epsilon": None, "delta": dp.delta, "accountant": dp.accountant}
         eps = self.accountant.epsilon(dp.delta) if self.accountant.history else 0.0
         return {"epsilon": eps, "delta": dp.delta, "accountant": dp.accountant}
 

@@ -1,0 +1,45 @@
+"""Secure aggregation as the server's summing step (Bonawitz et al. 2017; SecAgg+ of
+Bell et al. 2020), run through the protocol's state machines in-process.
+
+The server learns only Σ_i w_i·Δ_i and Σ_i w_i: each client masks the vector
+[w_i·Δ_i, w_i] (fixed-point, coordinates clipped to [−clip, clip]), so example-weighted
+FedAvg and DP-FedAvg's unit weights both go through the same sum. The server cannot
+inspect individual updates; the runtime's update checks act as each client's own check
+before masking.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fedmeta.meta.base import Params
+from fedmeta.privacy.secagg.graph import COMPLETE, SECAGG_PLUS
+from fedmeta.privacy.secagg.simulate import SecAggStats, secure_sum
+
+
+def secure_weighted_sum(
+    updates: list[Params], weights: list[float], *, clip: float, neighbourhood: str
+) -> tuple[Params, float, SecAggStats]:
+    """(Σ w_i Δ_i, Σ w_i) computed by secure aggregation, and the protocol's costs."""
+    names = list(updates[0])
+    rows = [
+        np.concatenate([(w * u[k]).reshape(-1).double().numpy() for k in names] + [np.array([w])])
+        for u, w in zip(updates, weights, strict=True)
+    ]  # each (dim + 1,)
+    threshold = len(rows) // 2 + 1  # a strict majority, as the protocol requires
+    graph = COMPLETE if neighbourhood == "secagg" else SECAGG_PLUS  # SecAgg: everyone is a neighbour
+    total, stats = secure_sum(rows, threshold, clip=clip, neighbourhood=graph)
+    out, start = {}, 0
+    for k in names:
+        n = updates[0][k].numel()
+        out[k] = torch.from_numpy(np.asarray(total[start : start + n])).reshape(updates[0][k].shape)
+        start += n
+    return out, float(total[-1]), stats
+
+
+def weight_scale(weights: list[float]) -> float:
+    """Divide example counts by this so every weight lies in (0, 1] for the fixed-point range."""
+    return max(1.0, math.ceil(max(weights)))
