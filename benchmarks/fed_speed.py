@@ -20,10 +20,11 @@ sampled sum of resident memory over the child and all its descendants (Ray's ray
 GCS and worker processes included), read from /proc. Round times exclude start-up: the
 first round (Ray actors importing torch, vmap warm-up) is run and not counted.
 
-Run from the repository root: `python benchmarks/fed_speed.py` (about 5 minutes).
-Both sides use one torch thread per process (Ray's default for its workers; for fedmeta
-`--threads`), because on a shared 2-core machine two spinning intra-op threads per
-process made small MLP steps an order of magnitude slower.
+Run from the repository root: `python benchmarks/fed_speed.py` (about 4 minutes; needs
+`pip install "flwr[simulation]"` for Ray). Both sides use one torch thread per process:
+Ray sets OMP_NUM_THREADS of a worker to the CPUs assigned to it (1 here), fedmeta uses
+`--threads` (default 1), because on a shared 2-core machine two spinning intra-op
+threads per process made small MLP steps an order of magnitude slower.
 """
 
 from __future__ import annotations
