@@ -78,3 +78,15 @@ def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert main(["run", SINUSOID, "--out", str(out), *TINY]) == 0
     assert main(["run", SINUSOID, "--out", str(out), *TINY]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_default_demo_runs_with_dp_secagg_and_a_verifiable_ledger(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo"
+    short = ["--set", "federated.rounds=2", "--set", "federated.eval_every=1", "--no-progress"]
+    assert main(["run", "--out", str(out), *short]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "federated" and summary["epsilon"] > 0 and summary["ledger"]["verified"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("epsilon" in r for r in rows) and any(r.get("secagg_bytes_up") for r in rows)
+    assert main(["ledger", "verify", str(out), "--public-key", summary["ledger"]["server_public_key"]]) == 0

@@ -38,6 +38,9 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 done, 2 bad input, 1 failure during the run."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP notes
     _register()
     try:
         app(args=argv, standalone_mode=False)
