@@ -375,6 +375,8 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
     """Drive a federated run to the end, logging, checkpointing and summarising."""
     sim = Simulation(cfg)
     fed = cfg.federated
+    if sim.batching == "vmap":  # measured (docs/federated.md): small nets lose to thread overhead
+        torch.set_num_threads(1)
     state = run.load_checkpoint() if resume else None
     elapsed = 0.0
     if state is not None:
@@ -428,9 +430,10 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         **sim.privacy_spent(),
         "seconds": round(time.perf_counter() - t0, 2),
         "final": {k: v for k, v in last.items() if k not in ("round", "split")},
-        "bytes_up_total": sum(r.get("bytes_up", 0) for r in run.metrics() if r.get("split") != "train"),
-        "bytes_down_total": sum(r.get("bytes_down", 0) for r in run.metrics() if r.get("split") != "train"),
     }
+    per_round = {r["round"]: r for r in run.metrics() if "bytes_up" in r}  # one row per round counts
+    for key in ("bytes_up", "bytes_down"):
+        summary[f"{key}_total"] = sum(r[key] for r in per_round.values())
     if record is not None:
         summary["ledger"] = record.end({k: summary[k] for k in ("rounds", "final")})
     run.write_json("summary.json", summary)
