@@ -31,7 +31,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
-
 from fedmeta.config import Config, load_config  # noqa: E402
 from fedmeta.data.base import TaskBatch  # noqa: E402
 from fedmeta.data.omniglot import lake_runs_error  # noqa: E402
@@ -76,15 +75,15 @@ CASES = {
         eval_tasks=500,
         published={
             "accuracy": "95.8 ± 0.3% (Finn et al. 2017 Table 1, full Omniglot)",
-            "Lake 20-run error": "people 4.5%, BPL 3.3%, Siamese convnet 8.0% "
-            "(Lake et al. 2015)",
+            "Lake 20-run error": "people 4.5%, BPL 3.3%, Siamese convnet 8.0% (Lake et al. 2015)",
         },
     ),
 }
 
 
-def train_for(cfg: Config, learner: MetaLearner, meta: Params, tasks, seconds: float,
-              max_iterations: int) -> int:
+def train_for(
+    cfg: Config, learner: MetaLearner, meta: Params, tasks, seconds: float, max_iterations: int
+) -> int:
     """Meta-train in place until `seconds` of wall clock or `max_iterations`; returns iterations."""
     opt = outer_optimizer(cfg, meta)
     gen = torch.Generator().manual_seed(cfg.run.seed)
@@ -98,13 +97,17 @@ def train_for(cfg: Config, learner: MetaLearner, meta: Params, tasks, seconds: f
         it += 1
         if time.perf_counter() - last_report > 60:
             last_report = time.perf_counter()
-            print(f"  {cfg.run.name}: iteration {it}, meta-loss {float(loss):.4f}, "
-                  f"{last_report - start:.0f} s", file=sys.stderr)
+            print(
+                f"  {cfg.run.name}: iteration {it}, meta-loss {float(loss):.4f}, "
+                f"{last_report - start:.0f} s",
+                file=sys.stderr,
+            )
     return it
 
 
-def per_task(learner: MetaLearner, meta: Params, batch: TaskBatch, steps: int,
-             key: str) -> tuple[float, float]:
+def per_task(
+    learner: MetaLearner, meta: Params, batch: TaskBatch, steps: int, key: str
+) -> tuple[float, float]:
     """Mean over tasks of `key` after `steps` inner steps, and its 95% half-interval."""
     values = [learner.evaluate(meta, batch.task(i), steps)[key] for i in range(batch.n_tasks)]
     return statistics.fmean(values), 1.96 * statistics.stdev(values) / math.sqrt(len(values))
@@ -131,26 +134,46 @@ def run_case(name: str, case: Case, budget_s: float, data_dir: str) -> list[list
     else:
         steps = cfg.meta.eval_inner_steps
         mean, half = per_task(learner, meta, batch, steps, "acc_after")
-        results.append((f"accuracy ({steps} steps, {batch.n_tasks} tasks)",
-                        f"{100 * mean:.1f} ± {100 * half:.1f}%", case.published["accuracy"]))
+        results.append(
+            (
+                f"accuracy ({steps} steps, {batch.n_tasks} tasks)",
+                f"{100 * mean:.1f} ± {100 * half:.1f}%",
+                case.published["accuracy"],
+            )
+        )
         if cfg.train.lake_runs:
             error = lake_runs_error(learner, meta, cfg)
-            results.append((f"Lake 20-run error ({steps} steps)", f"{100 * error:.1f}%",
-                            case.published["Lake 20-run error"]))
+            results.append(
+                (
+                    f"Lake 20-run error ({steps} steps)",
+                    f"{100 * error:.1f}%",
+                    case.published["Lake 20-run error"],
+                )
+            )
     eval_s = time.perf_counter() - t0
     trained = f"{iterations} it x {cfg.meta.meta_batch_size} tasks"
-    return [[name, metric, trained, f"{train_s / 60:.1f} min", f"{eval_s:.0f} s", measured, published]
-            for metric, measured, published in results]
+    return [
+        [name, metric, trained, f"{train_s / 60:.1f} min", f"{eval_s:.0f} s", measured, published]
+        for metric, measured, published in results
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-minutes", type=float, default=42.0,
-                        help="total training time, shared among the cases run")
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=42.0,
+        help="total training time, shared among the cases run",
+    )
     parser.add_argument("--case", choices=("all", *CASES), default="all")
     parser.add_argument("--data-dir", default="../shared/data", help="folder holding omniglot/")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 is robust when other processes share the cores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 is robust when other processes share the cores",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     chosen = CASES if args.case == "all" else {args.case: CASES[args.case]}
@@ -159,9 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     for name, case in chosen.items():
         budget_s = 60 * args.budget_minutes * case.share / total_share
         rows += run_case(name, case, budget_s, args.data_dir)
-    print(f"\nReproductions ({args.threads} thread(s), {args.budget_minutes:g} min training budget)\n")
-    print_table(["case", "metric", "trained", "train time", "eval time", "measured", "published"],
-                rows)
+    print(
+        f"\nReproductions ({args.threads} thread(s), {args.budget_minutes:g} min training budget)\n"
+    )
+    print_table(
+        ["case", "metric", "trained", "train time", "eval time", "measured", "published"], rows
+    )
 
 
 if __name__ == "__main__":

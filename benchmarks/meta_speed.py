@@ -39,7 +39,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, print_table  # noqa: E402
-
 from fedmeta.config import DataConfig  # noqa: E402
 from fedmeta.data import make_tasks  # noqa: E402
 from fedmeta.data.base import Kind, TaskBatch  # noqa: E402
@@ -207,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--case", choices=("all", "sinusoid", "conv4"), default="all")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()[0]
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
 
@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         "\nMeta-training throughput (tasks/s; median of interleaved repeats, "
-        f"{args.threads} threads)\n"
+        f"{args.threads} threads; 1-min load average {load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end)\n"
     )
     print_table(["case", "fedmeta", "tasks/s", "peer", "tasks/s", "ratio"], rows)
     print("\nBest fedmeta batching against the plain autograd loop\n")
