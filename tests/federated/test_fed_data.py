@@ -59,3 +59,15 @@ def test_example_client_episodes_are_disjoint_draws_of_its_own_data():
         s, q = set(b.xs[i, :, 0].tolist()), set(b.xq[i, :, 0].tolist())
         assert len(s) == 10 and len(q) == 15 and not s & q
         torch.testing.assert_close(b.ys[i], b.xs[i, :, 0].long() % 3)
+
+
+def test_sinusoid_regions_drawn_together_follow_each_region():
+    from fedmeta.data.sinusoid import Sinusoid, sample_regions
+
+    regions = [Sinusoid(k_shot=5, k_query=7, amplitude=(a, a), phase=(p, p)) for a, p in ((2.0, 0.5), (4.0, 2.0))]
+    b = sample_regions(regions, 3, torch.Generator().manual_seed(0))
+    assert b.xs.shape == (2, 3, 5, 1) and b.xq.shape == (2, 3, 7, 1)
+    for i, (a, p) in enumerate(((2.0, 0.5), (4.0, 2.0))):
+        torch.testing.assert_close(b.ys[i], a * torch.sin(b.xs[i] - p))
+        torch.testing.assert_close(b.yq[i], a * torch.sin(b.xq[i] - p))
+    assert float(b.xs.min()) >= -5 and float(b.xs.max()) <= 5

@@ -45,3 +45,22 @@ class Sinusoid:
         xs, ys = self.points(amp, phase, self.k_shot, generator)
         xq, yq = self.points(amp, phase, self.k_query, generator)
         return TaskBatch(xs, ys, xq, yq)
+
+
+def sample_regions(regions: list[Sinusoid], n_tasks: int, generator: torch.Generator) -> TaskBatch:
+    """Episodes of many sinusoid distributions that differ only in their amplitude and
+    phase ranges, drawn in one go: tensors gain a leading (regions,) axis."""
+    first = regions[0]
+    amp = torch.tensor([r.amplitude for r in regions], dtype=torch.float32)  # (regions, 2)
+    phase = torch.tensor([r.phase for r in regions], dtype=torch.float32)
+    u = torch.rand(2, len(regions), n_tasks, generator=generator)
+    a = amp[:, :1] + (amp[:, 1:] - amp[:, :1]) * u[0]  # (regions, tasks)
+    p = phase[:, :1] + (phase[:, 1:] - phase[:, :1]) * u[1]
+    lo, hi = first.x_range
+
+    def points(k: int):
+        x = lo + (hi - lo) * torch.rand(len(regions), n_tasks, k, 1, generator=generator)
+        return x, a[..., None, None] * torch.sin(x - p[..., None, None])
+
+    (xs, ys), (xq, yq) = points(first.k_shot), points(first.k_query)
+    return TaskBatch(xs, ys, xq, yq)

@@ -34,6 +34,7 @@ def check_update(client: str, data: bytes, reference: Params) -> Params:
             raise RejectedUpdate(client, f"{name}: shape {tuple(t.shape)}, expected {tuple(reference[name].shape)}")
         if t.dtype != torch.float32:
             raise RejectedUpdate(client, f"{name}: dtype {t.dtype}, expected torch.float32")
-        if not torch.isfinite(t).all():
-            raise RejectedUpdate(client, f"{name}: non-finite values (NaN or Inf)")
+    if not torch.isfinite(torch.cat([t.reshape(-1) for t in update.values()])).all():  # one pass
+        bad = next(name for name, t in update.items() if not torch.isfinite(t).all())
+        raise RejectedUpdate(client, f"{bad}: non-finite values (NaN or Inf)")
     return update

@@ -9,7 +9,9 @@ cost is counted from these bytes exactly, and ledger commitments hash them.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -30,19 +32,31 @@ class Encoded:
 
 
 def raw(t: Tensor) -> Encoded:
-    return Encoded("raw", tuple(t.shape), (t.detach().to(torch.float32).numpy().ravel(),))
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return Encoded("raw", tuple(t.shape), (t.numpy().ravel(),))
 
 
 def encode(tensors: dict[str, Encoded]) -> bytes:
-    header, blobs = [], []
-    for name in sorted(tensors):
-        e = tensors[name]
-        parts = [np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<")) for p in e.parts]
-        header.append({"name": name, "kind": e.kind, "shape": list(e.shape),
-                       "parts": [[p.dtype.str, p.nbytes] for p in parts]})
-        blobs += [p.tobytes() for p in parts]
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return MAGIC + struct.pack(">I", len(head)) + head + b"".join(blobs)
+    names = sorted(tensors)
+    parts = [
+        [np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<")) for p in tensors[n].parts] for n in names
+    ]
+    layout = tuple(
+        (n, tensors[n].kind, tuple(tensors[n].shape), tuple((p.dtype.str, p.nbytes) for p in ps))
+        for n, ps in zip(names, parts, strict=True)
+    )
+    blobs = [p.tobytes() for ps in parts for p in ps]
+    return _header(layout) + b"".join(blobs)
+
+
+@functools.lru_cache(maxsize=64)
+def _header(layout: tuple) -> bytes:
+    """Magic, length and JSON header of a layout; every client of a round shares one."""
+    items = [{"name": n, "kind": k, "shape": list(shape), "parts": [list(p) for p in parts]} for n, k, shape, parts in layout]
+    head = json.dumps(items, separators=(",", ":")).encode()
+    return MAGIC + struct.pack(">I", len(head)) + head
 
 
 class MalformedUpdate(ValueError):
@@ -55,7 +69,7 @@ def decode(data: bytes) -> dict[str, Tensor]:
         if data[:4] != MAGIC:
             raise MalformedUpdate("bad magic")
         (n,) = struct.unpack(">I", data[4:8])
-        header = json.loads(data[8 : 8 + n])
+        header = _parse_header(bytes(data[8 : 8 + n]))
         offset, out = 8 + n, {}
         for item in header:
             parts = []
@@ -74,8 +88,13 @@ def decode(data: bytes) -> dict[str, Tensor]:
         raise MalformedUpdate(f"{type(err).__name__}: {err}") from None
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_header(head: bytes) -> list:
+    return json.loads(head)
+
+
 def _dense(kind: str, shape: tuple[int, ...], parts: list[np.ndarray]) -> Tensor:
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     if kind == "raw":
         flat = parts[0]  # dtype as sent: the server's checks reject anything but float32
     elif kind == "topk":
