@@ -109,6 +109,8 @@ class LedgerConfig(Section):
 
     enabled: bool = False
     server_key: str | None = None  # Ed25519 PEM; default $FEDMETA_HOME/server_key.pem
+    client_keys: str | None = None  # folder of <client id>.pem made by `fedmeta keys create`
+    participants: dict[str, str] = {}  # registered client id -> Ed25519 public key (hex)
 
 
 class PrivacyConfig(Section):
@@ -142,6 +144,9 @@ class Config(Section):
         fed = self.federated
         if self.ledger.enabled and fed is None:
             raise ConfigError("ledger.enabled", True, "a federated run (add a [federated] section)")
+        if self.ledger.client_keys and not (self.ledger.enabled and self.ledger.participants):
+            raise ConfigError("ledger.client_keys", self.ledger.client_keys,
+                              "signed updates need ledger.enabled = true and the registered ledger.participants")
         dp = self.privacy
         if dp.dp != "off" and fed is None:
             raise ConfigError("privacy.dp", dp.dp, "'off' unless the run is federated (client-level DP)")

@@ -63,6 +63,8 @@ class WeightedTasks:
     n_examples: int = 1
 
     def __getattr__(self, name: str) -> Any:  # kind, n_outputs, x_shape
+        if name.startswith("__") or name == "tasks":  # copy/pickle probe before `tasks` exists
+            raise AttributeError(name)
         return getattr(self.tasks, name)
 
     def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:

@@ -41,19 +41,23 @@ class RunRecord:
             self.ledger = RunLedger.open(run_dir, self.key)
             start = json.loads(next(self.ledger.ledger.entries())[1])
             self.parent = self.ledger.last_model or start["extra"]["initial_model_sha256"]
+            self.run_id = start["run_id"]
         else:
             self.ledger = RunLedger.create(run_dir, self.key)
             self.parent = store_model(run_dir, model_bytes(params))
             config_hash = hashlib.sha256((run_dir / "config.toml").read_bytes()).hexdigest()
             from fedmeta import __version__
 
-            self.ledger.start(config_hash, __version__, {}, {"initial_model_sha256": self.parent})
+            participants = dict(cfg.ledger.participants)
+            self.ledger.start(config_hash, __version__, participants, {"initial_model_sha256": self.parent})
+            self.run_id = self.ledger.run_id
 
     @property
     def public_key(self) -> str:
         return public_key_hex(self.key.public_key())
 
-    def round(self, round_: int, params: Params, commitments: dict[str, str], info: dict[str, Any], aggregation: str, privacy: dict[str, Any]) -> None:
+    def round(self, round_: int, params: Params, commitments: dict[str, str], info: dict[str, Any],
+              aggregation: str, privacy: dict[str, Any], refused: list[dict[str, Any]] = ()) -> None:
         sha = store_model(self.run_dir, model_bytes(params))
         logged = self.ledger.last_round
         if logged is not None and round_ <= logged:  # replayed after a resume
@@ -61,6 +65,8 @@ class RunRecord:
                 raise VerificationError(f"round {round_} model on resume", self.ledger.last_model, sha)
             self.parent = sha
             return
+        for rejection in refused:  # signature, key and replay refusals, each its own entry
+            self.ledger.rejection(**rejection)
         metrics = {k: info[k] for k in ("clients", "sampled", "dropped", "bytes_up", "bytes_down") if k in info}
         self.ledger.round(round_, sha, self.parent, sorted(commitments), commitments, aggregation, privacy.get("epsilon"), privacy.get("delta"), metrics, info.get("rejected", []))
         self.parent = sha

@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,9 @@ from fedmeta.federated.secure import secure_weighted_sum, weight_scale
 from fedmeta.federated.strategies import STRATEGIES, weighted_mean
 from fedmeta.federated.validation import RejectedUpdate, check_update
 from fedmeta.federated.wire import encode, raw
+from fedmeta.ledger.commitments import RejectedUpdate as SignatureRejected
+from fedmeta.ledger.commitments import SignedUpdate, UpdateVerifier, sign_update
+from fedmeta.ledger.keys import load_private_key
 from fedmeta.meta import ALGORITHMS, MAML, MetaLearner, Params
 from fedmeta.models import build_model, parameters_of
 from fedmeta.privacy.accountant import Accountant
@@ -60,6 +64,7 @@ class Collected:
     sampled: list[int]
     dropped: dict[int, str] = field(default_factory=dict)
     attempt: int = 0
+    signed: dict[int, SignedUpdate | None] = field(default_factory=dict)
 
 
 def model_name(cfg: Config) -> str:
@@ -232,13 +237,48 @@ class Simulation:
             else:
                 messages[cid] = self.encode_update(cid, self.privatize(cid, round_, result), gen)
         weights = {c: float(getattr(self.data.train[c], "n_examples", 1)) for c in messages}
-        return Collected(messages, weights, sampled, dropped, attempt)
+        signed = {c: self.sign(c, round_, m) for c, m in messages.items()} if self.signing else {}
+        return Collected(messages, weights, sampled, dropped, attempt, signed)
+
+    # -- signed updates (Ed25519 over the SHA-256 of the exact bytes sent) ----------------
+    signing: UpdateVerifier | None = None
+
+    def enable_signing(self, run_id: str, keys_dir: str, registered: dict[str, str]) -> None:
+        """Clients sign with `<keys_dir>/<client id>.pem`; the server accepts only updates
+        signed by the registered key of their client, once, in the current round."""
+        self.run_id, self.signing = run_id, UpdateVerifier(registered, run_id)
+        folder = Path(keys_dir)
+        self.client_keys = {p.stem: load_private_key(p) for p in folder.glob("*.pem")}
+
+    def check_signature(self, cid: int, data: bytes, signed: SignedUpdate | None) -> dict[str, Any] | None:
+        """None if the update may proceed, else the refusal as the ledger records it."""
+        if self.signing is None:
+            return None
+        r = self.round + 1
+        if signed is None:
+            return {"client_id": str(cid), "round": r, "reason": "unknown_key", "detail": f"client {cid} sent an unsigned update"}
+        try:
+            self.signing.check(signed, data, r)
+        except SignatureRejected as err:
+            return err.record()
+        return None
+
+    def sign(self, cid: int, round_: int, message: bytes) -> SignedUpdate | None:
+        key = self.client_keys.get(str(cid))
+        return None if key is None else sign_update(key, self.run_id, round_, str(cid), message)
 
     # -- server -------------------------------------------------------------------------
     def aggregate(self, collected: Collected) -> tuple[Params, dict[int, str]]:
         """Check every update, average the valid ones by weight, apply the strategy."""
         accepted, rejected = {}, {}
+        self.refused: list[dict[str, Any]] = []  # signature rejections, for the ledger
         for cid, data in collected.messages.items():
+            refusal = self.check_signature(cid, data, collected.signed.get(cid))
+            if refusal is not None:
+                rejected[cid] = f"{refusal['reason']}: {refusal['detail']}"
+                self.refused.append(refusal)
+                log.warning("round %d: %s", self.round + 1, refusal["detail"])
+                continue
             try:
                 accepted[cid] = check_update(str(cid), data, self.params)
             except RejectedUpdate as err:
@@ -399,6 +439,8 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         sim.load_state_dict(state["simulation"])
         elapsed = state["elapsed"]
     record = RunRecord(cfg, run.path, sim.params, resume=resume) if cfg.ledger.enabled else None
+    if record is not None and cfg.ledger.client_keys:
+        sim.enable_signing(record.run_id, cfg.ledger.client_keys, cfg.ledger.participants)
     t0 = time.perf_counter() - elapsed
     last: dict[str, Any] = {}
     per_client: dict[str, Any] = {}
@@ -425,7 +467,7 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
                 break
             info = sim.run_round()
             if record is not None:
-                record.round(sim.round, sim.params, sim.last_commitments, info, fed.strategy, sim.privacy_spent())
+                record.round(sim.round, sim.params, sim.last_commitments, info, fed.strategy, sim.privacy_spent(), sim.refused)
             if sim.round % fed.eval_every == 0 or sim.round == fed.rounds:
                 evaluate(info)
             else:
