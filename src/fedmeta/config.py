@@ -28,6 +28,7 @@ class Section(BaseModel):
 class RunConfig(Section):
     name: str = "run"
     seed: int = 0
+    threads: PosInt | None = None  # torch intra-op threads; default: torch's (1 for vmapped federated runs)
 
 
 class DataConfig(Section):

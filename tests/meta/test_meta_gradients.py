@@ -183,3 +183,21 @@ def test_anil_adapts_only_the_head(setup):
     # the outer gradient still reaches the body (through the head's inner steps)
     _, grads = learner.meta_gradient(params, batch)
     assert all(grads[k].abs().sum() > 0 for k in params)
+
+
+@pytest.mark.parametrize("cls", [MAML, ANIL])
+def test_conv4_with_batch_norm_vmap_matches_loop(cls):
+    """Batch statistics make the order of grad and vmap matter; both paths must agree."""
+    from fedmeta.data.base import TaskBatch
+    from fedmeta.models import Conv4
+
+    torch.manual_seed(0)
+    model = Conv4(1, 3, filters=4, image_size=8).double()
+    params = parameters_of(model)
+    g = torch.Generator().manual_seed(0)
+    xs, xq = torch.rand(3, 3, 1, 8, 8, generator=g).double(), torch.rand(3, 6, 1, 8, 8, generator=g).double()
+    ys, yq = torch.tensor([[0, 1, 2]] * 3), torch.tensor([[0, 1, 2, 0, 1, 2]] * 3)
+    batch = TaskBatch(xs, ys, xq, yq)
+    out = [cls(model, "classification", inner_steps=2, inner_lr=0.1, batching=b).meta_gradient(params, batch) for b in ("vmap", "loop")]
+    torch.testing.assert_close(out[0][0], out[1][0])
+    close(out[0][1], out[1][1], tol=1e-9)

@@ -431,8 +431,8 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
     """Drive a federated run to the end, logging, checkpointing and summarising."""
     sim = Simulation(cfg)
     fed = cfg.federated
-    if sim.batching == "vmap":  # measured (docs/federated.md): small nets lose to thread overhead
-        torch.set_num_threads(1)
+    if sim.batching == "vmap" and cfg.run.threads is None:  # measured (docs/federated.md):
+        torch.set_num_threads(1)  # small nets lose to intra-op thread overhead
     state = run.load_checkpoint() if resume else None
     elapsed = 0.0
     if state is not None:
