@@ -115,10 +115,15 @@ class LedgerConfig(Section):
 
 
 class PrivacyConfig(Section):
-    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018)."""
+    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018), with fixed or
+    adaptive clipping (Andrew et al. 2021); secure aggregation of the sums."""
 
     dp: Literal["off", "central", "local"] = "off"
-    clip_norm: PosFloat = 1.0
+    clip_norm: PosFloat = 1.0  # C, or the initial C under adaptive clipping
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    target_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.5  # adaptive: fraction of updates left unclipped
+    clip_learning_rate: PosFloat = 0.2  # adaptive: η of C ← C·exp(−η(b̄ − γ))
+    clip_count_stddev: PosFloat | None = None  # adaptive: σ_b of the unclipped count; default m/20
     noise_multiplier: Annotated[float, Field(ge=0)] = 1.0
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     accountant: Literal["rdp", "pld"] = "rdp"
@@ -153,6 +158,11 @@ class Config(Section):
             raise ConfigError("privacy.dp", dp.dp, "'off' unless the run is federated (client-level DP)")
         if dp.target_epsilon is not None and (dp.dp == "off" or dp.noise_multiplier == 0):
             raise ConfigError("privacy.target_epsilon", dp.target_epsilon, "a budget only with privacy.dp on and privacy.noise_multiplier > 0")
+        if dp.clipping == "adaptive" and dp.dp == "off":
+            raise ConfigError("privacy.clipping", "adaptive", "'fixed' unless privacy.dp is 'central' or 'local'")
+        if dp.clipping == "adaptive" and dp.noise_multiplier > 0 and 2 * self.clip_count_stddev <= dp.noise_multiplier:
+            raise ConfigError("privacy.clip_count_stddev", self.clip_count_stddev,
+                              f"> privacy.noise_multiplier / 2 = {dp.noise_multiplier / 2:g} (else the clip count spends the whole budget)")
         if dp.secure_aggregation != "off" and fed is None:
             raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation, "'off' unless the run is federated")
         if fed is not None:
@@ -184,6 +194,14 @@ class Config(Section):
         if fed.clients_per_round <= 1 and not float(fed.clients_per_round).is_integer():
             return max(1, round(fed.clients_per_round * fed.n_clients))
         return int(fed.clients_per_round)
+
+    @property
+    def clip_count_stddev(self) -> float:
+        """σ_b of adaptive clipping's noisy unclipped count: as set, or m/20 for m expected
+        clients per round (Andrew et al. 2021, §4)."""
+        if self.privacy.clip_count_stddev is not None:
+            return self.privacy.clip_count_stddev
+        return self.clients_per_round_count / 20
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

@@ -53,7 +53,7 @@ def test_local_dp_shares_sum_to_central_noise(config):
     sim = Simulation(dp_config(config, dp="local", clip_norm=0.5, noise_seed=None))
     zero = {k: torch.zeros(4000) for k in ("a",)}
     m = sim.sample_rate * len(sim.data.train)
-    total = sum(sim.privatize(c, 1, zero)["a"] for c in range(int(m)))
+    total = sum(sim.aggregation.privatize(zero, sim.noise_rng(1, c))[0]["a"] for c in range(int(m)))
     assert float(total.std()) == pytest.approx(SIGMA * 0.5, rel=0.05)
 
 

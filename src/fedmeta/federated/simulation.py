@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,12 +32,12 @@ from fedmeta.data.base import TaskBatch
 from fedmeta.data.federated import FederatedData, make_federated
 from fedmeta.data.sinusoid import Sinusoid, sample_regions
 from fedmeta.errors import FedmetaError
+from fedmeta.federated.aggregation import Aggregation
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
 from fedmeta.federated.perfedavg import PerFedAvg
 from fedmeta.federated.record import RunRecord
-from fedmeta.federated.secure import secure_weighted_sum, weight_scale
-from fedmeta.federated.strategies import STRATEGIES, weighted_mean
+from fedmeta.federated.strategies import STRATEGIES
 from fedmeta.federated.validation import RejectedUpdate, check_update
 from fedmeta.federated.wire import encode, raw
 from fedmeta.ledger.commitments import RejectedUpdate as SignatureRejected
@@ -47,8 +46,7 @@ from fedmeta.ledger.keys import load_private_key
 from fedmeta.meta import ALGORITHMS, MAML, MetaLearner, Params
 from fedmeta.models import build_model, parameters_of
 from fedmeta.privacy.accountant import Accountant
-from fedmeta.privacy.noise import gaussian_like, rng_for
-from fedmeta.privacy.stages import clip_updates, dp_aggregate
+from fedmeta.privacy.noise import rng_for
 from fedmeta.progress import progress_bar
 from fedmeta.rundir import RunDir
 
@@ -65,6 +63,7 @@ class Collected:
     dropped: dict[int, str] = field(default_factory=dict)
     attempt: int = 0
     signed: dict[int, SignedUpdate | None] = field(default_factory=dict)
+    reports: dict[int, float] = field(default_factory=dict)
 
 
 def model_name(cfg: Config) -> str:
@@ -106,6 +105,7 @@ class Simulation:
         self.round = 0
         self.per_round = cfg.clients_per_round_count
         self.accountant = Accountant(cfg.privacy.accountant)
+        self.aggregation = Aggregation(cfg, self.sample_rate * len(self.data.train))
 
     def _strategy(self):
         fed = self.cfg.federated
@@ -196,19 +196,6 @@ class Simulation:
     def noise_rng(self, *counters: int):
         return rng_for(self.cfg.privacy.noise_seed, *counters)
 
-    def privatize(self, cid: int, round_: int, delta: Params) -> Params:
-        """Client-side DP stages: clip to C; in the local variant also add N(0, σ²C²/m), m the
-        expected clients per round, so the sum of m shares carries the central noise σC."""
-        dp = self.cfg.privacy
-        if dp.dp == "off":
-            return delta
-        clipped = clip_updates(delta, dp.clip_norm)
-        if dp.dp == "central" or dp.noise_multiplier == 0:
-            return clipped
-        std = dp.noise_multiplier * dp.clip_norm / math.sqrt(self.sample_rate * len(self.data.train))
-        noise = gaussian_like(clipped, std, self.noise_rng(round_, cid + 1))
-        return {k: (v + noise[k]).to(v.dtype) for k, v in clipped.items()}
-
     def encode_update(self, cid: int, delta: Params, gen: torch.Generator) -> bytes:
         state = self.codec_state.get(cid)
         if state is None:
@@ -230,15 +217,17 @@ class Simulation:
                 dropped[cid] = "straggler: missed the round deadline"
         active = [c for c in sampled if c not in dropped]
         messages: dict[int, bytes] = {}
+        reports: dict[int, float] = {}  # adaptive clipping's [‖Δ‖ ≤ C]
         for cid, result in self.local_deltas(active, gen).items():
             if isinstance(result, Exception):
                 dropped[cid] = f"failed: {type(result).__name__}: {result}"
                 log.warning("round %d: client %d failed: %s", round_, cid, result)
             else:
-                messages[cid] = self.encode_update(cid, self.privatize(cid, round_, result), gen)
+                private, reports[cid] = self.aggregation.privatize(result, self.noise_rng(round_, cid + 1))
+                messages[cid] = self.encode_update(cid, private, gen)
         weights = {c: float(getattr(self.data.train[c], "n_examples", 1)) for c in messages}
         signed = {c: self.sign(c, round_, m) for c, m in messages.items()} if self.signing else {}
-        return Collected(messages, weights, sampled, dropped, attempt, signed)
+        return Collected(messages, weights, sampled, dropped, attempt, signed, reports)
 
     # -- signed updates (Ed25519 over the SHA-256 of the exact bytes sent) ----------------
     signing: UpdateVerifier | None = None
@@ -287,44 +276,16 @@ class Simulation:
         if len(accepted) < self.cfg.federated.min_clients:
             raise NotEnoughClients(len(accepted), len(collected.sampled))
         ids = sorted(accepted)
-        dp = self.cfg.privacy
-        updates = [accepted[c] for c in ids]
-        if dp.secure_aggregation != "off":
-            delta = self.secure_aggregate(updates, [collected.weights[c] for c in ids])
-        elif dp.dp == "off":
-            delta = weighted_mean(updates, [collected.weights[c] for c in ids])
-        else:  # DP-FedAvg: unit weights, fixed divisor q·N, central noise σC on the sum
-            delta = dp_aggregate(
-                updates,
-                max_norm=dp.clip_norm,
-                noise_multiplier=dp.noise_multiplier if dp.dp == "central" else 0.0,
-                expected_weight=self.sample_rate * len(self.data.train),
-                rng=self.noise_rng(self.round + 1, 0),
-            )
+        delta = self.aggregation([accepted[c] for c in ids], [collected.weights[c] for c in ids],
+                                 [collected.reports.get(c, 0.0) for c in ids], self.noise_rng(self.round + 1, 0))
         delta = {k: v.to(self.params[k].dtype) for k, v in delta.items()}
         new, self.server_state = self.strategy.apply(self.params, delta, self.server_state)
         return new, rejected
 
-    def secure_aggregate(self, updates: list[Params], weights: list[float]) -> Params:
-        """The mean update from a secure sum: the server sees Σ w·Δ and Σ w only."""
-        dp = self.cfg.privacy
-        if dp.dp == "off":  # example-weighted FedAvg, weights scaled into (0, 1]
-            scale = weight_scale(weights)
-            total, weight, self.secagg_stats = secure_weighted_sum(
-                updates, [w / scale for w in weights], clip=dp.secagg_clip, neighbourhood=dp.secure_aggregation)
-            return {k: v / weight for k, v in total.items()}
-        # DP-FedAvg on the secure sum (clients clipped to C): unit weights, central noise σC
-        # added by the server to the sum it learns, fixed divisor q·N
-        total, _, self.secagg_stats = secure_weighted_sum(
-            updates, [1.0] * len(updates), clip=dp.clip_norm, neighbourhood=dp.secure_aggregation)
-        if dp.dp == "central" and dp.noise_multiplier > 0:
-            noise = gaussian_like(total, dp.noise_multiplier * dp.clip_norm, self.noise_rng(self.round + 1, 0))
-            total = {k: v + noise[k] for k, v in total.items()}
-        return {k: v / (self.sample_rate * len(self.data.train)) for k, v in total.items()}
-
     def run_round(self) -> dict[str, Any]:
         r = self.round + 1
         fed = self.cfg.federated
+        clip = {"clip_norm": self.aggregation.clip_norm} if self.cfg.privacy.dp != "off" else {}
         for attempt in range(fed.max_retries + 1):
             collected = self.collect(r, attempt)
             try:
@@ -353,12 +314,13 @@ class Simulation:
             "bytes_up": sum(len(m) for m in collected.messages.values()),
             "bytes_down": down * len(collected.sampled),
             **self.privacy_spent(),
+            **clip,
             **self.secagg_costs(),
         }
 
     def secagg_costs(self) -> dict[str, Any]:
         """Bytes and seconds of the round's secure aggregation, when it ran."""
-        stats = getattr(self, "secagg_stats", None)
+        stats = self.aggregation.stats
         if stats is None or self.cfg.privacy.secure_aggregation == "off":
             return {}
         return {
@@ -411,7 +373,8 @@ class Simulation:
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"round": self.round, "params": self.params, "server_state": self.server_state,
-                "codec_state": self.codec_state, "accountant": self.accountant.state_dict()}
+                "codec_state": self.codec_state, "accountant": self.accountant.state_dict(),
+                "aggregation": self.aggregation.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round = state["round"]
@@ -419,6 +382,7 @@ class Simulation:
         self.server_state = state["server_state"]
         self.codec_state = state["codec_state"]
         self.accountant = Accountant.from_state_dict(state["accountant"])
+        self.aggregation.load_state_dict(state["aggregation"])
 
 
 class NotEnoughClients(Exception):

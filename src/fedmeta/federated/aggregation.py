@@ -1,0 +1,133 @@
+"""A round's aggregation: from the clients' accepted updates to the one Δ the strategy applies.
+
+Cross-cutting features wrap this step (DESIGN.md), never the strategies:
+
+- client-level DP, DP-FedAvg (McMahan, Ramage, Talwar & Zhang, ICLR 2018): each client
+  clips Δ to C; the server adds N(0, z²C²) to the sum (`central`), or each of the m
+  expected clients adds N(0, z²C²/m) (`local`); the sum is divided by the fixed expected
+  count m = q·N, never the realised one. C is fixed, or tracks the γ-quantile of the update
+  norms by adaptive clipping (Andrew, Thakkar, McMahan & Ramaswamy, NeurIPS 2021): clients
+  also report b = [‖Δ‖ ≤ C], the server updates C ← C·exp(−η(b̄ − γ)) from a noisy count
+  (σ_b), and the updates get z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) so both releases together cost
+  one Gaussian mechanism with multiplier z (their §3.1);
+- the summing backend: in the clear, or through secure aggregation (`secure.py`), where
+  the server learns the sums only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmeta.config import Config
+from fedmeta.federated.secure import secure_weighted_sum, weight_scale
+from fedmeta.federated.strategies import weighted_mean
+from fedmeta.meta.base import Params
+from fedmeta.privacy.noise import gaussian_like
+from fedmeta.privacy.stages import (
+    AdaptiveClip,
+    clip_indicator,
+    clip_updates,
+    dp_aggregate,
+    update_noise_multiplier,
+)
+
+UNCLIPPED = "__unclipped__"  # adaptive clipping's count, summed alongside the update
+
+
+class Aggregation:
+    """The server's summing step and the clients' matching DP stage, for one run."""
+
+    def __init__(self, cfg: Config, expected_clients: float):
+        self.cfg, self.m = cfg, expected_clients
+        dp = cfg.privacy
+        self.adaptive: AdaptiveClip | None = None
+        self.clip_state: dict[str, Any] | None = None
+        if dp.dp != "off" and dp.clipping == "adaptive":
+            noisy = dp.noise_multiplier > 0
+            self.count_std = cfg.clip_count_stddev if noisy else 0.0
+            self.adaptive = AdaptiveClip(
+                dp.target_quantile, dp.clip_norm, dp.clip_learning_rate,
+                self.count_std if dp.dp == "central" else 0.0,  # local: the clients add it
+                seed=dp.noise_seed,
+            )
+            self.clip_state = self.adaptive.init()
+        self.stats: Any = None  # the last secure aggregation's costs
+
+    # -- DP parameters of the current round ------------------------------------------------
+    @property
+    def clip_norm(self) -> float:
+        """C of this round: fixed, or adaptive clipping's current estimate."""
+        return self.cfg.privacy.clip_norm if self.clip_state is None else self.clip_state["clip"]
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        z = self.cfg.privacy.noise_multiplier
+        return update_noise_multiplier(z, self.count_std) if self.adaptive is not None and z > 0 else z
+
+    # -- client side ---------------------------------------------------------------------------
+    def privatize(self, delta: Params, rng: np.random.Generator) -> tuple[Params, float]:
+        """Clip Δ to C (and in the local variant add the client's noise share); also the
+        client's adaptive-clipping report b (with its count-noise share when local)."""
+        dp = self.cfg.privacy
+        if dp.dp == "off":
+            return delta, 0.0
+        report = float(clip_indicator(delta, self.clip_norm))
+        clipped = clip_updates(delta, self.clip_norm)
+        if dp.dp == "central" or dp.noise_multiplier == 0:
+            return clipped, report
+        share = math.sqrt(self.m)
+        noise = gaussian_like(clipped, self.update_noise_multiplier * self.clip_norm / share, rng)
+        if self.adaptive is not None:
+            report += self.count_std / share * float(rng.standard_normal())
+        return {k: (v + noise[k]).to(v.dtype) for k, v in clipped.items()}, report
+
+    # -- server side ---------------------------------------------------------------------------
+    def __call__(self, updates: list[Params], weights: list[float], reports: list[float],
+                 rng: np.random.Generator) -> Params:
+        """Δ for the strategy from the accepted updates (each already privatized)."""
+        dp = self.cfg.privacy
+        if dp.dp == "off":
+            if dp.secure_aggregation == "off":
+                return weighted_mean(updates, weights)
+            scale = weight_scale(weights)  # example-weighted FedAvg, weights scaled into (0, 1]
+            total, weight = self._secure_sum(updates, [w / scale for w in weights], dp.secagg_clip)
+            return {k: v / weight for k, v in total.items()}
+        central_z = self.update_noise_multiplier if dp.dp == "central" else 0.0
+        if dp.secure_aggregation == "off":
+            delta = dp_aggregate(updates, max_norm=self.clip_norm, noise_multiplier=central_z,
+                                 expected_weight=self.m, rng=rng)
+            self._adapt_clip(sum(reports))
+            return delta
+        # DP-FedAvg on the secure sum: unit weights; adaptive clipping's count rides along as
+        # one more coordinate, with room in the fixed-point range for a noisy report
+        rows, clip = updates, self.clip_norm
+        if self.adaptive is not None:
+            rows = [{**u, UNCLIPPED: torch.tensor([b], dtype=torch.float64)} for u, b in zip(updates, reports, strict=True)]
+            clip = max(clip, 1.0 + 6 * self.count_std / math.sqrt(self.m))
+        total, _ = self._secure_sum(rows, [1.0] * len(rows), clip)
+        count = float(total.pop(UNCLIPPED, 0.0))
+        if central_z > 0:
+            noise = gaussian_like(total, central_z * self.clip_norm, rng)
+            total = {k: v + noise[k] for k, v in total.items()}
+        self._adapt_clip(count)
+        return {k: v / self.m for k, v in total.items()}
+
+    def _secure_sum(self, updates: list[Params], weights: list[float], clip: float) -> tuple[Params, float]:
+        total, weight, self.stats = secure_weighted_sum(
+            updates, weights, clip=clip, neighbourhood=self.cfg.privacy.secure_aggregation)
+        return total, weight
+
+    def _adapt_clip(self, unclipped: float) -> None:
+        if self.adaptive is not None:
+            self.clip_state = self.adaptive.update(unclipped, self.m, self.clip_state)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"clip_state": self.clip_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clip_state = state["clip_state"]
