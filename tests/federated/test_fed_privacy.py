@@ -87,3 +87,12 @@ def test_secure_aggregation_equals_the_plaintext_aggregate(config, protocol, dp)
     for k in plain.params:
         torch.testing.assert_close(secure.params[k], plain.params[k], rtol=0, atol=1e-6)
     assert any(not torch.equal(secure.params[k], plain.params[k]) for k in plain.params)  # really went through the ring
+
+
+def test_unreachable_target_epsilon_is_a_config_error(config):
+    """A target below one round's ε (dp-accounting's figure) cannot be met: refused up front."""
+    one_round = reference_epsilon(5 / 20, 1)
+    with pytest.raises(ConfigError) as err:
+        Simulation(dp_config(config, target_epsilon=one_round * 0.99))
+    assert err.value.field == "privacy.target_epsilon" and "\n" not in str(err.value)
+    assert Simulation(dp_config(config, target_epsilon=one_round * 1.01)).affordable_rounds == 1

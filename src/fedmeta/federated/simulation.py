@@ -31,7 +31,7 @@ from fedmeta.config import Config
 from fedmeta.data.base import TaskBatch
 from fedmeta.data.federated import FederatedData, make_federated
 from fedmeta.data.sinusoid import Sinusoid, sample_regions
-from fedmeta.errors import FedmetaError
+from fedmeta.errors import BadInput, ConfigError, FedmetaError
 from fedmeta.federated.aggregation import Aggregation
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
@@ -45,7 +45,7 @@ from fedmeta.ledger.commitments import SignedUpdate, UpdateVerifier, sign_update
 from fedmeta.ledger.keys import load_private_key
 from fedmeta.meta import ALGORITHMS, MAML, MetaLearner, Params
 from fedmeta.models import build_model, parameters_of
-from fedmeta.privacy.accountant import Accountant
+from fedmeta.privacy.accountant import Accountant, max_steps_for
 from fedmeta.privacy.noise import rng_for
 from fedmeta.progress import progress_bar
 from fedmeta.rundir import RunDir
@@ -106,6 +106,21 @@ class Simulation:
         self.per_round = cfg.clients_per_round_count
         self.accountant = Accountant(cfg.privacy.accountant)
         self.aggregation = Aggregation(cfg, self.sample_rate * len(self.data.train))
+        self.affordable_rounds = self._affordable_rounds()
+
+    def _affordable_rounds(self) -> int | None:
+        """Rounds the target ε allows (None: no target); a target below one round's ε is a
+        config error, before anything runs."""
+        dp = self.cfg.privacy
+        if dp.target_epsilon is None:
+            return None
+        try:
+            return max_steps_for(target_epsilon=dp.target_epsilon, delta=dp.delta, noise_multiplier=dp.noise_multiplier,
+                                 sample_rate=self.sample_rate, accountant=dp.accountant)
+        except BadInput as err:
+            raise ConfigError("privacy.target_epsilon", dp.target_epsilon,
+                              f"{err.accepted}: no round fits; raise privacy.noise_multiplier or lower "
+                              "federated.clients_per_round") from None
 
     def _strategy(self):
         fed = self.cfg.federated
@@ -405,6 +420,9 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
     record = RunRecord(cfg, run.path, sim.params, resume=resume) if cfg.ledger.enabled else None
     if record is not None and cfg.ledger.client_keys:
         sim.enable_signing(record.run_id, cfg.ledger.client_keys, cfg.ledger.participants)
+    if sim.affordable_rounds is not None and sim.affordable_rounds < fed.rounds:
+        print(f"privacy budget: target ε = {cfg.privacy.target_epsilon} at δ = {cfg.privacy.delta} allows "
+              f"{sim.affordable_rounds} of federated.rounds = {fed.rounds}; the run will stop there", file=sys.stderr)
     t0 = time.perf_counter() - elapsed
     last: dict[str, Any] = {}
     per_client: dict[str, Any] = {}
