@@ -8,7 +8,12 @@ import dp_accounting as dpa
 import pytest
 
 from fedmeta.errors import BadInput
-from fedmeta.privacy.accountant import Accountant, max_steps_for, noise_multiplier_for
+from fedmeta.privacy.accountant import (
+    Accountant,
+    max_steps_for,
+    noise_multiplier_for,
+    same_sample_noise_multiplier,
+)
 from fedmeta.privacy.stages import update_noise_multiplier
 
 DELTA = 1e-5
@@ -114,3 +119,19 @@ def test_adaptive_clip_noise_split_costs_one_gaussian() -> None:
         )
 
     assert composed(z_updates, 2 * count_std) == pytest.approx(composed(z), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind, q", [("rdp", 0.02), ("pld", 1.0)])
+def test_same_sample_gaussians_cost_one_gaussian(kind: str, q: float) -> None:
+    # k Gaussians on one Poisson sample, T steps. RDP: dp-accounting's composed-subevent
+    # path. PLD has no such path, so compare without subsampling, where it convolves the
+    # k privacy loss distributions itself.
+    sigma, k, steps = 1.5, 3, 30
+    inner = dpa.ComposedDpEvent([dpa.GaussianDpEvent(sigma)] * k)
+    event = dpa.PoissonSampledDpEvent(q, inner) if q < 1 else inner
+    ref = FRESH[kind]().compose(dpa.SelfComposedDpEvent(event, steps)).get_epsilon(DELTA)
+    acc = Accountant(kind)
+    acc.step(noise_multiplier=same_sample_noise_multiplier(sigma, k), sample_rate=q, steps=steps)
+    assert acc.epsilon(DELTA) == pytest.approx(ref, rel=1e-6)
+    with pytest.raises(BadInput, match="evaluations"):
+        same_sample_noise_multiplier(sigma, 0)

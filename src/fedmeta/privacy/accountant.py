@@ -50,6 +50,18 @@ def _event(sigma: float, q: float, count: int) -> dp_accounting.DpEvent:
     return dp_accounting.SelfComposedDpEvent(step, count)
 
 
+def same_sample_noise_multiplier(noise_multiplier: float, evaluations: int) -> float:
+    """σ/√k: the one Gaussian mechanism equal to k Gaussians with multiplier σ run on the
+    same sample (McMahan et al. 2018, arXiv:1812.06210, §3), e.g. the inner and outer
+    gradients of one example-level DP meta-update; account a step as
+    `PoissonSampledDpEvent(q, GaussianDpEvent(σ/√k))`."""
+    if not (isinstance(evaluations, int) and evaluations >= 1):
+        raise BadInput("evaluations", evaluations, "an integer k >= 1")
+    if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+        raise BadInput("noise_multiplier", noise_multiplier, "a finite σ >= 0")
+    return noise_multiplier / math.sqrt(evaluations)
+
+
 def _check_kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise BadInput("accountant", kind, "one of " + ", ".join(KINDS))
