@@ -27,11 +27,12 @@ composition of at most k Gaussian mechanisms with sensitivity C and noise σC on
 sample (an example in the support half also moves the outer gradient, but only through
 released noisy outputs). k such mechanisms are exactly one Gaussian with multiplier σ/√k
 (McMahan et al. 2018, arXiv:1812.06210, §3; dp-accounting's RDP reduces composed
-subevents the same way). The coin is a mixture over the added example's randomness,
-which by joint convexity of the hockey-stick divergence (Balle, Barthe & Gaboardi,
-NeurIPS 2018) is dominated by the same pair, so a step costs
-`PoissonSampledDpEvent(q, GaussianDpEvent(σ/√k))` — an upper bound (an example meets k
-mechanisms only in the worst half). Clients are sampled by the server, which knows the
+subevents the same way). The coin makes the step a mixture over the added example's
+randomness, which by joint convexity of the hockey-stick divergence (Balle, Barthe &
+Gaboardi, NeurIPS 2018) is dominated by the same Gaussian pair; dominating pairs compose
+adaptively and carry through Poisson subsampling (Zhu, Dong & Wang, AISTATS 2022), so a
+step costs `PoissonSampledDpEvent(q, GaussianDpEvent(σ/√k))` — an upper bound (an
+example meets k mechanisms only in the support half). Clients are sampled by the server, which knows the
 sample, so there is no amplification by client sampling: each round costs
 `local_steps` such steps for every client, whether or not it took part.
 
