@@ -31,8 +31,9 @@ subevents the same way). The coin makes the step a mixture over the added exampl
 randomness, which by joint convexity of the hockey-stick divergence (Balle, Barthe &
 Gaboardi, NeurIPS 2018) is dominated by the same Gaussian pair; dominating pairs compose
 adaptively and carry through Poisson subsampling (Zhu, Dong & Wang, AISTATS 2022), so a
-step costs `PoissonSampledDpEvent(q, GaussianDpEvent(σ/√k))` — an upper bound (an
-example meets k mechanisms only in the support half). Clients are sampled by the server, which knows the
+step costs `PoissonSampledDpEvent(q, GaussianDpEvent(σ/√k))` (exact for local training
+and Reptile; an upper bound for FOMAML and ANIL, where an example meets either the inner
+mechanisms or the outer one, never all k). Clients are sampled by the server, which knows the
 sample, so there is no amplification by client sampling: each round costs
 `local_steps` such steps for every client, whether or not it took part.
 
