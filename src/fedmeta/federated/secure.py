@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import torch
-
+from fedmeta.federated.flatten import unflatten, weighted_rows
 from fedmeta.meta.base import Params
 from fedmeta.privacy.secagg.graph import COMPLETE, SECAGG_PLUS
 from fedmeta.privacy.secagg.simulate import SecAggStats, secure_sum
@@ -24,20 +22,11 @@ def secure_weighted_sum(
     updates: list[Params], weights: list[float], *, clip: float, neighbourhood: str
 ) -> tuple[Params, float, SecAggStats]:
     """(Σ w_i Δ_i, Σ w_i) computed by secure aggregation, and the protocol's costs."""
-    names = list(updates[0])
-    rows = [
-        np.concatenate([(w * u[k]).reshape(-1).double().numpy() for k in names] + [np.array([w])])
-        for u, w in zip(updates, weights, strict=True)
-    ]  # each (dim + 1,)
+    rows = weighted_rows(updates, weights)  # (clients, dim + 1)
     threshold = len(rows) // 2 + 1  # a strict majority, as the protocol requires
     graph = COMPLETE if neighbourhood == "secagg" else SECAGG_PLUS  # SecAgg: everyone is a neighbour
     total, stats = secure_sum(rows, threshold, clip=clip, neighbourhood=graph)
-    out, start = {}, 0
-    for k in names:
-        n = updates[0][k].numel()
-        out[k] = torch.from_numpy(np.asarray(total[start : start + n])).reshape(updates[0][k].shape)
-        start += n
-    return out, float(total[-1]), stats
+    return unflatten(total[:-1], updates[0]), float(total[-1]), stats
 
 
 def weight_scale(weights: list[float]) -> float:
