@@ -1,0 +1,93 @@
+"""What the robust aggregators share: their call signature, the flat (clients, dim) view
+of a batch of updates, checks of their options, and the factory behind `make_robust`
+and `fedmeta.federated.attacks.make_attack`.
+
+An aggregator maps the clients' updates Δ_i = θ_local − θ and their weights to one
+update; it replaces `weighted_mean` and nothing else, so any server strategy is applied
+to its output. Each aggregator is a frozen dataclass whose fields are the
+`federated.<name>` options it takes, checked on construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from fedmeta.errors import BadInput
+from fedmeta.meta.base import Params
+
+
+class Aggregator(Protocol):
+    def __call__(self, updates: list[Params], weights: list[float]) -> Params: ...
+
+
+def flatten(updates: list[Params], weights: list[float]) -> tuple[Tensor, Tensor]:
+    """Stack the updates as rows of one float64 matrix, and normalise the weights.
+
+    Returns `(x, w)` with x of shape (clients, dim) and w of shape (clients,), summing to 1.
+    """
+    if not updates:
+        raise ValueError("robust aggregation needs at least one update")
+    if len(weights) != len(updates):
+        raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
+    w = torch.tensor(weights, dtype=torch.float64)  # (clients,)
+    if not (torch.all(w >= 0) and w.sum() > 0):
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
+    names = list(updates[0])
+    x = torch.stack([torch.cat([u[k].reshape(-1).to(torch.float64) for k in names]) for u in updates])
+    return x, w / w.sum()  # (clients, dim), (clients,)
+
+
+def unflatten(vector: Tensor, like: Params) -> Params:
+    """Split a (dim,) vector back into tensors shaped and typed like `like`."""
+    out, start = {}, 0
+    for name, ref in like.items():
+        out[name] = vector[start : start + ref.numel()].reshape(ref.shape).to(ref.dtype)
+        start += ref.numel()
+    return out
+
+
+def squared_distances(gram: Tensor) -> Tensor:
+    """‖x_i − x_j‖² from the Gram matrix G = X Xᵀ: G_ii + G_jj − 2 G_ij, clamped at 0."""
+    sq = gram.diagonal()  # (clients,)
+    return (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0)  # (clients, clients)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_count(field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadInput(field, value, f"an integer >= {minimum}")
+
+
+def check_positive(field: str, value: Any) -> None:
+    if not (_is_number(value) and value > 0):
+        raise BadInput(field, value, "a finite number > 0")
+
+
+def check_non_negative(field: str, value: Any) -> None:
+    if not (_is_number(value) and value >= 0):
+        raise BadInput(field, value, "a finite number >= 0")
+
+
+def options_of(cls: type) -> tuple[str, ...]:
+    """The keyword options (`federated.<option>` settings) a registered class takes."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def make_from(registry: dict[str, type], kind: str, name: str, options: dict[str, Any]) -> Any:
+    """Build `registry[name](**options)`, naming the `federated.*` field of any bad input."""
+    if name not in registry:
+        raise BadInput(f"federated.{kind}", name, "one of " + ", ".join(registry))
+    cls = registry[name]
+    for key, value in options.items():
+        if key not in options_of(cls):
+            takes = ", ".join(options_of(cls)) or "no options"
+            raise BadInput(f"federated.{key}", value, f"not an option of {kind} {name!r}, which takes {takes}")
+    return cls(**options)

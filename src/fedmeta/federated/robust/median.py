@@ -1,0 +1,27 @@
+"""Coordinate-wise median of the clients' updates.
+
+Yin, Chen, Ramchandran & Bartlett, "Byzantine-Robust Distributed Learning: Towards
+Optimal Statistical Rates", ICML 2018 (the median-based gradient descent). Each
+coordinate is the median of that coordinate over the clients (the mean of the two
+middle values when their number is even), computed by numpy's selection-based
+`np.median`. Breakdown point 1/2: fewer than half of the clients cannot move it
+arbitrarily far. Unweighted, as in the paper: a client's weight is its own claim and a
+Byzantine client could inflate it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedmeta.federated.robust.base import flatten, unflatten
+from fedmeta.meta.base import Params
+
+
+@dataclass(frozen=True)
+class CoordinateMedian:
+    def __call__(self, updates: list[Params], weights: list[float]) -> Params:
+        x, _ = flatten(updates, weights)  # (clients, dim)
+        return unflatten(torch.from_numpy(np.median(x.numpy(), axis=0)), updates[0])
