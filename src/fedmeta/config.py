@@ -131,6 +131,7 @@ class PrivacyConfig(Section):
     noise_seed: int | None = None  # reproducible (insecure) noise, for experiments only
     secure_aggregation: Literal["off", "secagg", "secagg+"] = "off"
     secagg_clip: PosFloat = 1.0  # fixed-point range of each weighted coordinate (DP: clip_norm)
+    audit: bool = True  # membership-inference audit of the final model (example-holding clients)
 
 
 class Config(Section):

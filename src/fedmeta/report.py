@@ -71,6 +71,55 @@ def _plot_personalization(per_client: dict, path: Path) -> bool:
     return _finish(fig, ax, path, xlabel, "clients", grid=False)
 
 
+def _round_rows(rows: list[dict]) -> list[dict]:
+    """One metrics row per round (the last written for it)."""
+    return [r for _, r in sorted({r["round"]: r for r in rows if "round" in r}.items())]
+
+
+def _plot_privacy(rows: list[dict], path: Path) -> bool:
+    """ε spent after each round and, if it moves, the clip norm C used in the round."""
+    pts = [r for r in _round_rows(rows) if r.get("epsilon") is not None]
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([r["round"] for r in pts], [r["epsilon"] for r in pts], marker=".", label=f"ε at δ = {pts[-1]['delta']:g}")
+    clips = [(r["round"], r["clip_norm"]) for r in pts if "clip_norm" in r]
+    if len({c for _, c in clips}) > 1:
+        twin = ax.twinx()
+        twin.plot(*zip(*clips, strict=True), color="tab:orange", label="clip norm C (adaptive)")
+        twin.set_ylabel("clip norm C")
+        twin.legend(fontsize=8, loc="lower right")
+    return _finish(fig, ax, path, "round", "ε spent")
+
+
+def _privacy_section(summary: dict, figure: str | None) -> str:
+    """Accountant, final (ε, δ), secure aggregation and the membership-inference audit."""
+    cfg = summary.get("privacy", {})
+    audit = summary.get("membership_audit")
+    if not cfg and audit is None:
+        return ""
+    parts = ["<h2>Privacy</h2>"]
+    if summary.get("epsilon") is not None:
+        parts.append(f"<p>Client-level DP ({html.escape(str(cfg.get('dp')))}, {html.escape(str(cfg.get('clipping')))} "
+                     f"clipping), accountant <b>{html.escape(str(summary.get('accountant')))}</b> (dp-accounting): "
+                     f"ε = <b>{summary['epsilon']:.4g}</b> at δ = {summary['delta']:g} after {summary.get('rounds')} rounds. "
+                     f"Secure aggregation: {html.escape(str(cfg.get('secure_aggregation', 'off')))}.</p>")
+    elif cfg:
+        parts.append(f"<p>Differential privacy: {html.escape(str(cfg.get('dp', 'off')))} (no finite ε). "
+                     f"Secure aggregation: {html.escape(str(cfg.get('secure_aggregation', 'off')))}.</p>")
+    if figure:
+        parts.append(f"<img src='{figure}' alt='privacy spent per round'>")
+    if audit is not None:
+        tprs = "".join(f"<td>{v:.3g}</td>" for v in audit["tpr_at_fpr"].values())
+        heads = "".join(f"<th>TPR at FPR {html.escape(k)}</th>" for k in audit["tpr_at_fpr"])
+        parts.append(
+            "<h3>Membership-inference audit</h3><p>" + html.escape(audit["attack"]) + " against the final global "
+            "model: training clients' examples (members) vs held-out clients' examples. AUC 0.5 is chance.</p>"
+            f"<table><tr><th>AUC</th>{heads}<th>members</th><th>non-members</th></tr>"
+            f"<tr><td>{audit['auc']:.3f}</td>{tprs}<td>{audit['n_members']}</td><td>{audit['n_nonmembers']}</td></tr></table>")
+    return "".join(parts)
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.3g}"
 
@@ -115,6 +164,7 @@ def write_report(run_dir: str | Path) -> Path:
         figures["personalization.png"] = "Personalization: held-out clients before and after adaptation"
     if _plot_bytes(rows, run_dir / "bytes.png"):
         figures["bytes.png"] = "Communication per round (bytes counted from the serialized updates)"
+    privacy_figure = "privacy.png" if _plot_privacy(rows, run_dir / "privacy.png") else None
     last = defaultdict(dict)
     for r in rows:
         if "loss_after" in r:
@@ -133,6 +183,7 @@ def write_report(run_dir: str | Path) -> Path:
         table,
         "</table>",
         *(f"<h2>{html.escape(t)}</h2><img src='{n}' alt='{html.escape(t)}'>" for n, t in figures.items()),
+        _privacy_section(summary, privacy_figure),
         _ledger_table(run_dir),
         "<h2>Summary</h2><pre>" + html.escape(json.dumps(summary, indent=2)) + "</pre>",
         "<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>",

@@ -35,6 +35,7 @@ from fedmeta.errors import BadInput, ConfigError, FedmetaError
 from fedmeta.federated.aggregation import Aggregation
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
+from fedmeta.federated.membership import membership_audit
 from fedmeta.federated.perfedavg import PerFedAvg
 from fedmeta.federated.record import RunRecord
 from fedmeta.federated.strategies import STRATEGIES
@@ -460,6 +461,7 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         evaluate({})
     run.save_model(sim.params)
     run.write_json("personalization.json", per_client)
+    audit = membership_audit(sim.learner, sim.params, sim.data) if cfg.privacy.audit else None
     summary = {
         "mode": "federated",
         "procedure": fed.local_procedure,
@@ -471,6 +473,10 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         "seconds": round(time.perf_counter() - t0, 2),
         "final": {k: v for k, v in last.items() if k not in ("round", "split")},
     }
+    if cfg.privacy.dp != "off" or cfg.privacy.secure_aggregation != "off":
+        summary["privacy"] = cfg.privacy.model_dump(include={"dp", "clipping", "secure_aggregation"})
+    if audit is not None:
+        summary["membership_audit"] = audit
     per_round = {r["round"]: r for r in run.metrics() if "bytes_up" in r}  # one row per round counts
     for key in ("bytes_up", "bytes_down"):
         summary[f"{key}_total"] = sum(r[key] for r in per_round.values())
