@@ -25,10 +25,13 @@ class Aggregator(Protocol):
     def __call__(self, updates: list[Params], weights: list[float]) -> Params: ...
 
 
-def flatten(updates: list[Params], weights: list[float]) -> tuple[Tensor, Tensor]:
-    """Stack the updates as rows of one float64 matrix, and normalise the weights.
+def flatten(
+    updates: list[Params], weights: list[float], dtype: torch.dtype | None = torch.float64
+) -> tuple[Tensor, Tensor]:
+    """Stack the updates as rows of one matrix, and normalise the weights.
 
-    Returns `(x, w)` with x of shape (clients, dim) and w of shape (clients,), summing to 1.
+    Returns `(x, w)`: x of shape (clients, dim), in `dtype` (None: the updates' own, which
+    is enough for order statistics), and w of shape (clients,) in float64, summing to 1.
     """
     if not updates:
         raise ValueError("robust aggregation needs at least one update")
@@ -38,7 +41,9 @@ def flatten(updates: list[Params], weights: list[float]) -> tuple[Tensor, Tensor
     if not (torch.all(w >= 0) and w.sum() > 0):
         raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
     names = list(updates[0])
-    x = torch.stack([torch.cat([u[k].reshape(-1).to(torch.float64) for k in names]) for u in updates])
+    x = torch.stack([torch.cat([u[k].detach().reshape(-1) for k in names]) for u in updates])
+    if dtype is not None:
+        x = x.to(dtype)
     return x, w / w.sum()  # (clients, dim), (clients,)
 
 

@@ -23,5 +23,5 @@ from fedmeta.meta.base import Params
 @dataclass(frozen=True)
 class CoordinateMedian:
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        x, _ = flatten(updates, weights)  # (clients, dim)
+        x, _ = flatten(updates, weights, dtype=None)  # (clients, dim)
         return unflatten(torch.from_numpy(np.median(x.numpy(), axis=0)), updates[0])

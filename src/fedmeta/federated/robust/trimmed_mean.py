@@ -30,5 +30,5 @@ class TrimmedMean:
             raise BadInput("federated.trim_fraction", beta, "a fraction β with 0 <= β < 0.5, cut from each end")
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        x, _ = flatten(updates, weights)  # (clients, dim)
+        x, _ = flatten(updates, weights, dtype=None)  # (clients, dim)
         return unflatten(torch.from_numpy(trim_mean(x.numpy(), self.trim_fraction, axis=0)), updates[0])
