@@ -24,6 +24,7 @@ Run from the repository root: `python benchmarks/robust_bench.py` (about a minut
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +75,7 @@ def flower_functions(updates: list[Params]) -> dict[str, Callable[[], list[np.nd
 
 def speed(updates: list[Params], repeats: int) -> None:
     weights = [1.0] * N
-    ours = {name: (lambda a=make_robust(name, **o): a(updates, weights)) for name, o in AGGREGATORS.items()}
+    ours = {name: functools.partial(make_robust(name, **o), updates, weights) for name, o in AGGREGATORS.items()}
     theirs = flower_functions(updates)
     for name, fn in theirs.items():
         ref, got = fn(), ours[name]()
