@@ -115,15 +115,17 @@ class LedgerConfig(Section):
 
 
 class PrivacyConfig(Section):
-    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018), with fixed or
-    adaptive clipping (Andrew et al. 2021); secure aggregation of the sums."""
+    """Differential privacy: client-level (DP-FedAvg, McMahan et al. 2018; noise at the
+    server or shared among the clients) with fixed or adaptive clipping (Andrew et al. 2021),
+    or example-level DP-SGD inside each client (Abadi et al. 2016); secure aggregation."""
 
-    dp: Literal["off", "central", "local"] = "off"
+    dp: Literal["off", "central", "local", "example"] = "off"
     clip_norm: PosFloat = 1.0  # C, or the initial C under adaptive clipping
     clipping: Literal["fixed", "adaptive"] = "fixed"
     target_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.5  # adaptive: fraction of updates left unclipped
     clip_learning_rate: PosFloat = 0.2  # adaptive: η of C ← C·exp(−η(b̄ − γ))
     clip_count_stddev: PosFloat | None = None  # adaptive: σ_b of the unclipped count; default m/20
+    example_sample_rate: Annotated[float, Field(gt=0, le=1)] = 0.1  # example: Poisson rate q per local step
     noise_multiplier: Annotated[float, Field(ge=0)] = 1.0
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     accountant: Literal["rdp", "pld"] = "rdp"
@@ -159,8 +161,12 @@ class Config(Section):
             raise ConfigError("privacy.dp", dp.dp, "'off' unless the run is federated (client-level DP)")
         if dp.target_epsilon is not None and (dp.dp == "off" or dp.noise_multiplier == 0):
             raise ConfigError("privacy.target_epsilon", dp.target_epsilon, "a budget only with privacy.dp on and privacy.noise_multiplier > 0")
-        if dp.clipping == "adaptive" and dp.dp == "off":
-            raise ConfigError("privacy.clipping", "adaptive", "'fixed' unless privacy.dp is 'central' or 'local'")
+        if dp.clipping == "adaptive" and dp.dp not in ("central", "local"):
+            raise ConfigError("privacy.clipping", "adaptive", "'fixed' unless privacy.dp is 'central' or 'local' (client-level)")
+        if dp.dp == "example" and fed is not None:
+            from fedmeta.federated.private_client import check_example_dp
+
+            check_example_dp(fed.local_procedure, self.meta.algorithm, data=self.data.name, model=self.model_name)
         if dp.clipping == "adaptive" and dp.noise_multiplier > 0 and 2 * self.clip_count_stddev <= dp.noise_multiplier:
             raise ConfigError("privacy.clip_count_stddev", self.clip_count_stddev,
                               f"> privacy.noise_multiplier / 2 = {dp.noise_multiplier / 2:g} (else the clip count spends the whole budget)")
@@ -195,6 +201,13 @@ class Config(Section):
         if fed.clients_per_round <= 1 and not float(fed.clients_per_round).is_integer():
             return max(1, round(fed.clients_per_round * fed.n_clients))
         return int(fed.clients_per_round)
+
+    @property
+    def model_name(self) -> str:
+        """model.name with "auto" resolved as a federated run does: Conv4 for Omniglot, else the MLP."""
+        if self.model.name != "auto":
+            return self.model.name
+        return "conv4" if self.data.name == "omniglot" else "mlp"
 
     @property
     def clip_count_stddev(self) -> float:

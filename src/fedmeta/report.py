@@ -100,8 +100,9 @@ def _privacy_section(summary: dict, figure: str | None) -> str:
         return ""
     parts = ["<h2>Privacy</h2>"]
     if summary.get("epsilon") is not None:
-        parts.append(f"<p>Client-level DP ({html.escape(str(cfg.get('dp')))}, {html.escape(str(cfg.get('clipping')))} "
-                     f"clipping), accountant <b>{html.escape(str(summary.get('accountant')))}</b> (dp-accounting): "
+        level = ("example-level DP-SGD in each client" if cfg.get("dp") == "example" else
+                 f"client-level DP ({cfg.get('dp')} noise, {cfg.get('clipping')} clipping)")
+        parts.append(f"<p>Differential privacy: {html.escape(level)}, accountant <b>{html.escape(str(summary.get('accountant')))}</b> (dp-accounting): "
                      f"ε = <b>{summary['epsilon']:.4g}</b> at δ = {summary['delta']:g} after {summary.get('rounds')} rounds. "
                      f"Secure aggregation: {html.escape(str(cfg.get('secure_aggregation', 'off')))}.</p>")
     elif cfg:

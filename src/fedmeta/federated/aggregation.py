@@ -73,7 +73,7 @@ class Aggregation:
         """Clip Δ to C (and in the local variant add the client's noise share); also the
         client's adaptive-clipping report b (with its count-noise share when local)."""
         dp = self.cfg.privacy
-        if dp.dp == "off":
+        if dp.dp not in ("central", "local"):  # example-level DP privatizes inside the client
             return delta, 0.0
         report = float(clip_indicator(delta, self.clip_norm))
         clipped = clip_updates(delta, self.clip_norm)
@@ -90,7 +90,7 @@ class Aggregation:
                  rng: np.random.Generator) -> Params:
         """Δ for the strategy from the accepted updates (each already privatized)."""
         dp = self.cfg.privacy
-        if dp.dp == "off":
+        if dp.dp not in ("central", "local"):  # no client-level DP: the example-weighted mean
             if dp.secure_aggregation == "off":
                 return weighted_mean(updates, weights)
             scale = weight_scale(weights)  # example-weighted FedAvg, weights scaled into (0, 1]

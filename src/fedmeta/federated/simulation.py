@@ -37,6 +37,7 @@ from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
 from fedmeta.federated.membership import membership_audit
 from fedmeta.federated.perfedavg import PerFedAvg
+from fedmeta.federated.private_client import PrivateLocal
 from fedmeta.federated.record import RunRecord
 from fedmeta.federated.strategies import STRATEGIES
 from fedmeta.federated.validation import RejectedUpdate, check_update
@@ -67,12 +68,6 @@ class Collected:
     reports: dict[int, float] = field(default_factory=dict)
 
 
-def model_name(cfg: Config) -> str:
-    if cfg.model.name != "auto":
-        return cfg.model.name
-    return "conv4" if cfg.data.name == "omniglot" else "mlp"
-
-
 class Simulation:
     def __init__(self, cfg: Config):
         if cfg.federated is None:
@@ -81,7 +76,7 @@ class Simulation:
         self.data: FederatedData = make_federated(cfg, torch.Generator().manual_seed(cfg.run.seed))
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(
-            model_name(cfg), self.data.x_shape, self.data.n_outputs, hidden=cfg.model.hidden, filters=cfg.model.filters
+            cfg.model_name, self.data.x_shape, self.data.n_outputs, hidden=cfg.model.hidden, filters=cfg.model.filters
         )
         has_conv = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
         self.batching = fed.client_batching if fed.client_batching != "auto" else ("loop" if has_conv else "vmap")
@@ -98,6 +93,13 @@ class Simulation:
             else:
                 mu = fed.mu if fed.local_procedure == "fedprox" else 0.0
                 self.procedure = LocalSGD(self.model, kind, fed.local_lr, mu)
+        self.private: PrivateLocal | None = None
+        if cfg.privacy.dp == "example":  # DP-SGD inside each client, looped (samples vary in size)
+            dp = cfg.privacy
+            self.private = PrivateLocal(
+                self.model, kind, fed.local_lr, sample_rate=dp.example_sample_rate, clip_norm=dp.clip_norm,
+                noise_multiplier=dp.noise_multiplier, mu=fed.mu if fed.local_procedure == "fedprox" else 0.0,
+                learner=self.learner if fed.local_procedure == "fedmeta" else None)
         self.params: Params = self.learner.init(parameters_of(self.model))
         self.strategy = self._strategy()
         self.server_state = self.strategy.init(self.params)
@@ -112,12 +114,16 @@ class Simulation:
     def _affordable_rounds(self) -> int | None:
         """Rounds the target ε allows (None: no target); a target below one round's ε is a
         config error, before anything runs."""
-        dp = self.cfg.privacy
-        if dp.target_epsilon is None:
+        dp, event = self.cfg.privacy, self.round_event()
+        if dp.target_epsilon is None or event is None:
             return None
         try:
-            return max_steps_for(target_epsilon=dp.target_epsilon, delta=dp.delta, noise_multiplier=dp.noise_multiplier,
-                                 sample_rate=self.sample_rate, accountant=dp.accountant)
+            steps = max_steps_for(target_epsilon=dp.target_epsilon, delta=dp.delta, noise_multiplier=event["noise_multiplier"],
+                                  sample_rate=event["sample_rate"], accountant=dp.accountant)
+            if steps < event["steps"]:
+                raise BadInput("privacy.target_epsilon", dp.target_epsilon,
+                               f"room for {steps} of the {event['steps']} DP-SGD steps of one round")
+            return steps // event["steps"]
         except BadInput as err:
             raise ConfigError("privacy.target_epsilon", dp.target_epsilon,
                               f"{err.accepted}: no round fits; raise privacy.noise_multiplier or lower "
@@ -143,8 +149,9 @@ class Simulation:
         return min(1.0, self.per_round / len(self.data.train))
 
     def sample_clients(self, gen: torch.Generator) -> list[int]:
-        """A fixed-size sample, or under DP Poisson sampling at rate q (what the accountant assumes)."""
-        if self.cfg.privacy.dp != "off":
+        """A fixed-size sample, or under client-level DP Poisson sampling at rate q (what the
+        accountant assumes)."""
+        if self.cfg.privacy.dp in ("central", "local"):
             picked = torch.rand(len(self.data.train), generator=gen) < self.sample_rate
             return picked.nonzero().squeeze(1).tolist()
         order = torch.randperm(len(self.data.train), generator=gen)
@@ -173,8 +180,10 @@ class Simulation:
         b = TaskBatch(*(t.reshape(*shape, *t.shape[2:]) for t in (b.xs, b.ys, b.xq, b.yq)))
         return {cid: (TaskBatch(b.xs[i], b.ys[i], b.xq[i], b.yq[i]), steps[i]) for i, cid in enumerate(clients)}
 
-    def local_deltas(self, clients: list[int], gen: torch.Generator) -> dict[int, Params | Exception]:
+    def local_deltas(self, clients: list[int], gen: torch.Generator, round_: int) -> dict[int, Params | Exception]:
         """Each client's Δ (or the exception it raised): vmapped in chunks, or looped."""
+        if self.private is not None:
+            return self._private(clients, gen, round_)
         work = self.all_episodes(clients, gen)
         out: dict[int, Params | Exception] = {}
         if self.batching == "vmap":
@@ -198,6 +207,20 @@ class Simulation:
 
         deltas = vmap(one)(eps.xs, eps.ys, eps.xq, eps.yq, steps)  # each (clients, *shape)
         return {c: {k: v[i].detach() for k, v in deltas.items()} for i, c in enumerate(ids)}
+
+    def _private(self, ids: list[int], gen: torch.Generator, round_: int) -> dict[int, Params | Exception]:
+        """Example-level DP-SGD clients: each samples its own examples (Poisson, rate q)."""
+        fed = self.cfg.federated
+        lo = fed.local_steps_min or fed.local_steps
+        steps = torch.randint(lo, fed.local_steps + 1, (len(ids),), generator=gen).tolist()
+        out: dict[int, Params | Exception] = {}
+        for c, n in zip(ids, steps, strict=True):
+            rng = None if self.cfg.privacy.noise_seed is None else self.noise_rng(round_, c + 1)
+            try:
+                out[c] = self.private.run(self.params, self.data.train[c], n, rng)
+            except Exception as err:  # a failing client is dropped from the round
+                out[c] = err
+        return out
 
     def _looped(self, ids: list[int], work: dict) -> dict[int, Params | Exception]:
         out: dict[int, Params | Exception] = {}
@@ -234,7 +257,7 @@ class Simulation:
         active = [c for c in sampled if c not in dropped]
         messages: dict[int, bytes] = {}
         reports: dict[int, float] = {}  # adaptive clipping's [‖Δ‖ ≤ C]
-        for cid, result in self.local_deltas(active, gen).items():
+        for cid, result in self.local_deltas(active, gen, round_).items():
             if isinstance(result, Exception):
                 dropped[cid] = f"failed: {type(result).__name__}: {result}"
                 log.warning("round %d: client %d failed: %s", round_, cid, result)
@@ -316,8 +339,8 @@ class Simulation:
                 f"after {fed.max_retries + 1} attempts; federated.min_clients = {fed.min_clients}"
             )
         self.params, self.round = new, r
-        if self.cfg.privacy.dp != "off" and self.cfg.privacy.noise_multiplier > 0:
-            self.accountant.step(noise_multiplier=self.cfg.privacy.noise_multiplier, sample_rate=self.sample_rate)
+        if (event := self.round_event()) is not None:
+            self.accountant.step(**event)
         self.last_commitments = {str(c): hashlib.sha256(m).hexdigest() for c, m in collected.messages.items() if c not in rejected}
         down = len(encode({k: raw(v) for k, v in self.params.items()}))
         return {
@@ -346,25 +369,37 @@ class Simulation:
             "secagg_included": len(stats.included),
         }
 
+    def round_event(self) -> dict[str, Any] | None:
+        """What one round costs, as `Accountant.step` keywords (None: no noise, nothing to
+        count). Client level: one Poisson-sampled Gaussian at the client rate; example level:
+        every client's `local_steps` DP-SGD steps (`PrivateLocal.round_steps`)."""
+        dp = self.cfg.privacy
+        if dp.dp == "off" or dp.noise_multiplier == 0:
+            return None
+        if self.private is not None:
+            return self.private.round_steps(self.cfg.federated.local_steps)
+        return {"noise_multiplier": dp.noise_multiplier, "sample_rate": self.sample_rate, "steps": 1}
+
     def privacy_spent(self) -> dict[str, Any]:
         dp = self.cfg.privacy
         if dp.dp == "off":
             return {}
+        unit = {"dp_unit": "example" if dp.dp == "example" else "client"}
         if dp.noise_multiplier == 0:  # clipping only: no finite ε
-            return {"epsilon": None, "delta": dp.delta, "accountant": dp.accountant}
+            return {"epsilon": None, "delta": dp.delta, "accountant": dp.accountant, **unit}
         eps = self.accountant.epsilon(dp.delta) if self.accountant.history else 0.0
-        return {"epsilon": eps, "delta": dp.delta, "accountant": dp.accountant}
+        return {"epsilon": eps, "delta": dp.delta, "accountant": dp.accountant, **unit}
 
     def budget_exhausted(self) -> str | None:
         """Why the next round must not run (it would spend more than the target ε), or None."""
-        dp = self.cfg.privacy
-        if dp.target_epsilon is None:
+        dp, event = self.cfg.privacy, self.round_event()
+        if dp.target_epsilon is None or event is None:
             return None
-        if self.accountant.would_exceed(target_epsilon=dp.target_epsilon, delta=dp.delta,
-                                        noise_multiplier=dp.noise_multiplier, sample_rate=self.sample_rate):
+        if self.accountant.would_exceed(target_epsilon=dp.target_epsilon, delta=dp.delta, **event):
             spent = self.privacy_spent()["epsilon"]
             return (f"privacy budget: round {self.round + 1} would exceed target ε = {dp.target_epsilon} at "
-                    f"δ = {dp.delta} (σ = {dp.noise_multiplier}, q = {self.sample_rate:.4g}); spent ε = {spent:.4g}")
+                    f"δ = {dp.delta} (σ = {event['noise_multiplier']:.4g}, q = {event['sample_rate']:.4g}, "
+                    f"{event['steps']} step(s) per round); spent ε = {spent:.4g}")
         return None
 
     # -- evaluation -----------------------------------------------------------------------
