@@ -1,5 +1,5 @@
 """What the robust aggregators share: their call signature, the flat (clients, dim) view
-of a batch of updates, checks of their options, and the factory behind `make_robust`
+of a batch of updates and the per-coordinate one, checks of their options, and the factory behind `make_robust`
 and `fedmeta.federated.attacks.make_attack`.
 
 An aggregator maps the clients' updates Δ_i = θ_local − θ and their weights to one
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,13 +27,10 @@ class Aggregator(Protocol):
     def __call__(self, updates: list[Params], weights: list[float]) -> Params: ...
 
 
-def flatten(
-    updates: list[Params], weights: list[float], dtype: torch.dtype | None = torch.float64
-) -> tuple[Tensor, Tensor]:
-    """Stack the updates as rows of one matrix, and normalise the weights.
+def flatten(updates: list[Params], weights: list[float]) -> tuple[Tensor, Tensor]:
+    """Stack the updates as rows of one float64 matrix, and normalise the weights.
 
-    Returns `(x, w)`: x of shape (clients, dim), in `dtype` (None: the updates' own, which
-    is enough for order statistics), and w of shape (clients,) in float64, summing to 1.
+    Returns `(x, w)` with x of shape (clients, dim) and w of shape (clients,), summing to 1.
     """
     if not updates:
         raise ValueError("robust aggregation needs at least one update")
@@ -41,10 +40,20 @@ def flatten(
     if not (torch.all(w >= 0) and w.sum() > 0):
         raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
     names = list(updates[0])
-    x = torch.stack([torch.cat([u[k].detach().reshape(-1) for k in names]) for u in updates])
-    if dtype is not None:
-        x = x.to(dtype)
+    x = torch.stack([torch.cat([u[k].detach().reshape(-1).to(torch.float64) for k in names]) for u in updates])
     return x, w / w.sum()  # (clients, dim), (clients,)
+
+
+def coordinatewise(updates: list[Params], statistic: Callable[[np.ndarray], np.ndarray]) -> Params:
+    """Apply `statistic` over the client axis of each tensor, (clients, *shape) -> shape,
+    in the updates' own dtype (enough for order statistics)."""
+    if not updates:
+        raise ValueError("robust aggregation needs at least one update")
+    out = {}
+    for name, ref in updates[0].items():
+        stacked = np.stack([u[name].detach().numpy() for u in updates])  # (clients, *shape)
+        out[name] = torch.from_numpy(np.asarray(statistic(stacked))).to(ref.dtype)
+    return out
 
 
 def unflatten(vector: Tensor, like: Params) -> Params:

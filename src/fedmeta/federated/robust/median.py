@@ -14,14 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from fedmeta.federated.robust.base import flatten, unflatten
+from fedmeta.federated.robust.base import coordinatewise
 from fedmeta.meta.base import Params
 
 
 @dataclass(frozen=True)
 class CoordinateMedian:
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        x, _ = flatten(updates, weights, dtype=None)  # (clients, dim)
-        return unflatten(torch.from_numpy(np.median(x.numpy(), axis=0)), updates[0])
+        return coordinatewise(updates, lambda x: np.median(x, axis=0))  # x: (clients, *shape)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from scipy.stats import trim_mean
 
 from fedmeta.errors import BadInput
-from fedmeta.federated.robust.base import flatten, unflatten
+from fedmeta.federated.robust.base import coordinatewise
 from fedmeta.meta.base import Params
 
 
@@ -30,5 +29,4 @@ class TrimmedMean:
             raise BadInput("federated.trim_fraction", beta, "a fraction β with 0 <= β < 0.5, cut from each end")
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        x, _ = flatten(updates, weights, dtype=None)  # (clients, dim)
-        return unflatten(torch.from_numpy(trim_mean(x.numpy(), self.trim_fraction, axis=0)), updates[0])
+        return coordinatewise(updates, lambda x: trim_mean(x, self.trim_fraction, axis=0))  # x: (clients, *shape)
