@@ -193,3 +193,13 @@ def test_krum_checks_the_round_size_when_called(name, options, n, field):
         aggregate(random_updates(n), [1.0] * n)
     assert err.value.field == field
     aggregate(random_updates(n + 1), [1.0] * (n + 1))  # one more update is enough
+
+
+def test_krum_ignores_weights_even_a_zero_weight_on_its_choice():
+    ups = random_updates(7, seed=11)
+    best = int(np.argmin(brute_force_krum_scores(as_rows(ups), 1)))
+    weights = [1.0] * 7
+    weights[best] = 0.0
+    out = make_robust("krum", byzantine_clients=1)(ups, weights)
+    for k in SHAPES:
+        torch.testing.assert_close(out[k], ups[best][k], rtol=0, atol=0)

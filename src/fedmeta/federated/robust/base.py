@@ -1,6 +1,6 @@
-"""What the robust aggregators share: their call signature, the flat (clients, dim) view
-of a batch of updates and the per-coordinate one, checks of their options, and the factory behind `make_robust`
-and `fedmeta.federated.attacks.make_attack`.
+"""What the robust aggregators share: their call signature, the flat (clients, dim) and
+per-coordinate views of a batch of updates, checks of their options, and the factory
+behind `make_robust` and `fedmeta.federated.attacks.make_attack`.
 
 An aggregator maps the clients' updates Δ_i = θ_local − θ and their weights to one
 update; it replaces `weighted_mean` and nothing else, so any server strategy is applied

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from fedmeta.errors import BadInput
@@ -55,7 +56,8 @@ class MultiKrum:
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
         x, w = flatten(updates, weights)  # (clients, dim), (clients,)
         chosen = self.select(x)  # (m,)
-        wc = w[chosen] / w[chosen].sum()
+        wc = w[chosen]
+        wc = wc / wc.sum() if wc.sum() > 0 else torch.full_like(wc, 1 / len(wc))  # all chosen weigh 0: plain average
         return unflatten(wc @ x[chosen], updates[0])
 
 
@@ -69,4 +71,5 @@ class Krum:
         check_count("federated.byzantine_clients", self.byzantine_clients, 0)
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        return MultiKrum(self.byzantine_clients, 1)(updates, weights)
+        x, _ = flatten(updates, weights)  # (clients, dim)
+        return unflatten(x[MultiKrum(self.byzantine_clients, 1).select(x)[0]], updates[0])
