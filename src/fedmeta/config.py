@@ -103,6 +103,20 @@ class FederatedConfig(Section):
     eval_every: PosInt = 5
     client_batching: Literal["auto", "vmap", "loop"] = "auto"
     client_chunk: PosInt = 256
+    # Byzantine robustness: the server's aggregator (federated/robust/) and, to test it,
+    # simulated malicious clients (federated/attacks.py); None = the aggregator's/attack's default
+    aggregator: Literal["mean", "median", "trimmed_mean", "krum", "multikrum", "geometric_median", "norm_bound"] = "mean"
+    trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] | None = None
+    byzantine_clients: Annotated[int, Field(ge=0)] | None = None
+    krum_selected: PosInt | None = None
+    geomed_smoothing: PosFloat | None = None
+    geomed_max_iter: PosInt | None = None
+    norm_bound: PosFloat | None = None
+    attack: Literal["none", "sign_flip", "scaling", "gaussian", "little_is_enough"] = "none"
+    malicious_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    attack_scale: PosFloat | None = None
+    attack_noise_std: PosFloat | None = None
+    attack_z: float | None = None
 
 
 class LedgerConfig(Section):
@@ -181,6 +195,17 @@ class Config(Section):
                 raise ConfigError("federated.clients_per_round", fed.clients_per_round, "a whole count or a fraction in (0, 1]")
             if fed.min_clients > self.clients_per_round_count:
                 raise ConfigError("federated.min_clients", fed.min_clients, f"at most the clients per round ({self.clients_per_round_count})")
+            if fed.aggregator != "mean" and dp.secure_aggregation != "off":
+                raise ConfigError("federated.aggregator", fed.aggregator,
+                                  f"'mean' with privacy.secure_aggregation = '{dp.secure_aggregation}': a robust rule needs "
+                                  "each update in the clear, the server only sees the masked sum")
+            if fed.aggregator != "mean" and dp.dp in ("central", "local"):
+                raise ConfigError("federated.aggregator", fed.aggregator,
+                                  f"'mean' with privacy.dp = '{dp.dp}': client-level ε is accounted for the noised mean "
+                                  "(use privacy.dp = 'example' or 'off')")
+            if (fed.attack == "none") != (fed.malicious_fraction == 0):
+                field, value = ("federated.attack", "none") if fed.attack == "none" else ("federated.malicious_fraction", 0.0)
+                raise ConfigError(field, value, "an attack and a malicious_fraction > 0 together (or neither)")
             if fed.perfedavg_variant == "hf" and fed.local_procedure == "perfedavg" and fed.tasks_per_step < 2:
                 raise ConfigError("federated.tasks_per_step", fed.tasks_per_step, "at least 2 for Per-FedAvg HF (it draws an independent batch for the Hessian)")
         if self.data.name == "sinusoid" and self.model.name == "conv4":

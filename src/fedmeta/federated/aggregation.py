@@ -11,7 +11,9 @@ Cross-cutting features wrap this step (DESIGN.md), never the strategies:
   (σ_b), and the updates get z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) so both releases together cost
   one Gaussian mechanism with multiplier z (their §3.1);
 - the summing backend: in the clear, or through secure aggregation (`secure.py`), where
-  the server learns the sums only.
+  the server learns the sums only;
+- without client-level DP or secure sums, a Byzantine-robust rule (`robust/`) can replace
+  the weighted mean.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import numpy as np
 import torch
 
 from fedmeta.config import Config
+from fedmeta.federated.robust import ROBUST, make_robust, options_of
 from fedmeta.federated.secure import secure_weighted_sum, weight_scale
-from fedmeta.federated.strategies import weighted_mean
 from fedmeta.meta.base import Params
 from fedmeta.privacy.noise import gaussian_like
 from fedmeta.privacy.stages import (
@@ -56,6 +58,9 @@ class Aggregation:
             )
             self.clip_state = self.adaptive.init()
         self.stats: Any = None  # the last secure aggregation's costs
+        fed = cfg.federated
+        options = {k: v for k in options_of(ROBUST[fed.aggregator]) if (v := getattr(fed, k)) is not None}
+        self.robust = make_robust(fed.aggregator, **options)
 
     # -- DP parameters of the current round ------------------------------------------------
     @property
@@ -92,7 +97,7 @@ class Aggregation:
         dp = self.cfg.privacy
         if dp.dp not in ("central", "local"):  # no client-level DP: the example-weighted mean
             if dp.secure_aggregation == "off":
-                return weighted_mean(updates, weights)
+                return self.robust(updates, weights)
             scale = weight_scale(weights)  # example-weighted FedAvg, weights scaled into (0, 1]
             total, weight = self._secure_sum(updates, [w / scale for w in weights], dp.secagg_clip)
             return {k: v / weight for k, v in total.items()}

@@ -33,12 +33,14 @@ from fedmeta.data.federated import FederatedData, make_federated
 from fedmeta.data.sinusoid import Sinusoid, sample_regions
 from fedmeta.errors import BadInput, ConfigError, FedmetaError
 from fedmeta.federated.aggregation import Aggregation
+from fedmeta.federated.attacks import ATTACKS, make_attack
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
 from fedmeta.federated.membership import membership_audit
 from fedmeta.federated.perfedavg import PerFedAvg
 from fedmeta.federated.private_client import PrivateLocal
 from fedmeta.federated.record import RunRecord
+from fedmeta.federated.robust import options_of
 from fedmeta.federated.strategies import STRATEGIES
 from fedmeta.federated.validation import RejectedUpdate, check_update
 from fedmeta.federated.wire import encode, raw
@@ -109,7 +111,19 @@ class Simulation:
         self.per_round = cfg.clients_per_round_count
         self.accountant = Accountant(cfg.privacy.accountant)
         self.aggregation = Aggregation(cfg, self.sample_rate * len(self.data.train))
+        self.attack, self.malicious = self._attackers()
         self.affordable_rounds = self._affordable_rounds()
+
+    def _attackers(self) -> tuple[Any, set[int]]:
+        """The simulated attack and the clients running it: a fixed, seeded set of
+        ⌊malicious_fraction · N⌋ training clients (empty without an attack)."""
+        fed = self.cfg.federated
+        if fed.attack == "none":
+            return None, set()
+        options = {k: v for k in options_of(ATTACKS[fed.attack]) if (v := getattr(fed, k)) is not None}
+        count = int(fed.malicious_fraction * len(self.data.train))
+        order = torch.randperm(len(self.data.train), generator=self.generator(0, 0, stream=3))
+        return make_attack(fed.attack, **options), set(order[:count].tolist())
 
     def _affordable_rounds(self) -> int | None:
         """Rounds the target ε allows (None: no target); a target below one round's ε is a
@@ -257,10 +271,14 @@ class Simulation:
         active = [c for c in sampled if c not in dropped]
         messages: dict[int, bytes] = {}
         reports: dict[int, float] = {}  # adaptive clipping's [‖Δ‖ ≤ C]
-        for cid, result in self.local_deltas(active, gen, round_).items():
+        deltas = self.local_deltas(active, gen, round_)
+        honest = [d for c, d in deltas.items() if c not in self.malicious and not isinstance(d, Exception)]
+        for cid, result in deltas.items():
             if isinstance(result, Exception):
                 dropped[cid] = f"failed: {type(result).__name__}: {result}"
                 log.warning("round %d: client %d failed: %s", round_, cid, result)
+            elif cid in self.malicious:  # sends what the attack crafts, skipping the DP stage
+                messages[cid] = self.encode_update(cid, self.attack(result, honest, gen), gen)
             else:
                 private, reports[cid] = self.aggregation.privatize(result, self.noise_rng(round_, cid + 1))
                 messages[cid] = self.encode_update(cid, private, gen)
@@ -350,6 +368,7 @@ class Simulation:
             "dropped": len(collected.dropped),
             "rejected": [{"client": c, "reason": why} for c, why in rejected.items()],
             "attempts": collected.attempt + 1,
+            **({"malicious": len(self.malicious.intersection(collected.messages))} if self.malicious else {}),
             "bytes_up": sum(len(m) for m in collected.messages.values()),
             "bytes_down": down * len(collected.sampled),
             **self.privacy_spent(),
