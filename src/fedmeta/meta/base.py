@@ -2,14 +2,20 @@
 
 A meta-learner holds meta-parameters `meta` (a flat dict name -> tensor: the network's
 initialisation, plus learned inner learning rates for Meta-SGD). Training and evaluation
-call the same `adapt`: a few gradient steps on a task's support set, written with
-torch.func so the outer gradient can differentiate through it (MAML) or not (first order).
+call the same `adapt`: a few gradient steps on a task's support set, differentiable so the
+outer gradient can go through them (MAML) or not (first order). Gradients are taken with
+torch.autograd, or with torch.func inside torch.func transforms (`autodiff.py`), so every
+method also runs under `vmap` (the federated runtime maps `meta_gradient` over clients).
 
-Episodes are batched on a task axis (`TaskBatch`). `batching="vmap"` maps one task's
-computation over that axis with `torch.func.vmap`; `"loop"` runs tasks one by one and
-averages. Both give the same numbers; which is faster depends on the network, so
-`"auto"` picks by measurement (benchmarks/meta_speed.py): vmap for MLPs, where it is many
-times faster on CPU, and the loop for convolutional nets, where vmap is slower.
+Episodes are batched on a task axis (`TaskBatch`). `batching="loop"` runs tasks one by one
+and averages; `"vmap"` computes all tasks at once: for a `fedmeta.models.MLP` with plain
+gradient-descent inner steps (MAML, FOMAML, ANIL) in factored form (`factored.py`), for
+other nets as `torch.func.vmap` of per-task gradients. All give the same numbers. `"auto"`
+picks by measurement (benchmarks/meta_speed.py, one thread, against a plain
+`autograd.grad(create_graph=True)` loop): vmap for nets without convolutions (the
+factored MLP path was 15-45x the plain loop at 25-1000 sinusoid tasks, the loop about
+1x), the loop for convolutional nets (Conv4 on Omniglot: the loop about 1x, vmap about
+0.5x, its batched convolution backward doing 3x the work).
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from fedmeta.data.base import Kind, TaskBatch
+from fedmeta.meta import factored
+from fedmeta.meta.autodiff import grad_and_value, grad_with_aux, tracked
 
 Params = dict[str, Tensor]
 Batching = Literal["auto", "vmap", "loop"]
@@ -60,6 +68,7 @@ class MetaLearner:
         if self.batching == "auto":
             has_conv = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
             self.batching = "loop" if has_conv else "vmap"
+        self._layers = factored.mlp_layers(self.model)
 
     # -- what the meta-parameters are -------------------------------------------------
     def init(self, params: Params) -> Params:
@@ -94,10 +103,9 @@ class MetaLearner:
         def support_loss(fast: Params) -> Tensor:
             return self.loss(self.forward({**frozen, **fast}, xs), ys)
 
+        second_order = not self.first_order and tracked(fast)
         for _ in range(self.inner_steps if steps is None else steps):
-            grads = grad(support_loss)(fast)
-            if self.first_order:
-                grads = {k: g.detach() for k, g in grads.items()}
+            grads, _ = grad_with_aux(lambda f: (support_loss(f), ()), fast, create_graph=second_order)
             fast = self.inner_step(meta, fast, grads)
         return {**frozen, **fast}
 
@@ -110,18 +118,27 @@ class MetaLearner:
         """Mean meta-objective over the batch's tasks and its gradient w.r.t. `meta`."""
         parts = (batch.xs, batch.ys, batch.xq, batch.yq)
         if self.batching == "vmap":
+            adapted = self._factored_layers()
+            if adapted is not None:
+                return factored.meta_gradient(
+                    meta, batch, self._layers, adapted, self.loss, self.inner_steps, self.inner_lr, self.first_order
+                )
             # vmap of per-task gradients, then the mean: grad-of-vmap is wrong for batch-norm
             # nets (batch statistics), measured against the loop in tests/meta
-            grads, losses = vmap(grad_and_value(self.query_loss), in_dims=(None, 0, 0, 0, 0))(meta, *parts)
+            grads, losses = vmap(torch.func.grad_and_value(self.query_loss), in_dims=(None, 0, 0, 0, 0))(meta, *parts)
             return losses.mean().detach(), {k: g.mean(0) for k, g in grads.items()}
-        losses, total = [], {k: torch.zeros_like(v) for k, v in meta.items()}
-        for task in zip(*parts):
-            g, loss = grad_and_value(self.query_loss)(meta, *task)
-            losses.append(loss.detach())
-            for k in total:
-                total[k] += g[k]
-        n = batch.n_tasks
-        return torch.stack(losses).mean(), {k: v / n for k, v in total.items()}
+        grads, losses = zip(*(grad_and_value(lambda m: self.query_loss(m, *task), meta) for task in zip(*parts)))
+        return torch.stack(losses).mean().detach(), {k: torch.stack([g[k] for g in grads]).mean(0) for k in meta}
+
+    def _factored_layers(self) -> list[str] | None:
+        """The adapted layers if the factored MLP form applies (plain inner steps, whole
+        layers adapted), else None."""
+        if self._layers is None or type(self).inner_step is not MetaLearner.inner_step:
+            return None
+        adapted = [p for p, _ in self._layers if self.adapts(p + ".weight")]
+        if any(self.adapts(p + ".bias") != (p in adapted) for p, _ in self._layers):
+            return None
+        return adapted
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(
