@@ -10,8 +10,8 @@ inputs h', into
 
 so a batch of tasks needs the shared product h'Wᵀ (one matrix product over every task's
 examples) and per-task products of n' × n, never the (tasks, out, in) adapted weights that
-`vmap(grad(...))` materialises and that made it memory-bound. δ of every task comes from one
-gradient of the summed support losses w.r.t. a zero added to z (tasks do not share terms).
+`vmap(grad(...))` materialises. δ of every task comes from one gradient of the summed
+support losses w.r.t. a per-example copy of b (tasks share no terms).
 Exact for nets of Linear layers and ReLUs (`fedmeta.models.MLP`) with plain gradient-descent
 inner steps on whole layers: MAML, FOMAML and ANIL; Meta-SGD's per-weight rates do not
 factor. Measured against the other batchings in benchmarks/meta_speed.py.
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
-from torch.func import vmap
 
 from fedmeta.data.base import TaskBatch
 from fedmeta.meta.autodiff import Tensors, grad_and_value, grad_with_aux
@@ -48,19 +48,19 @@ def mlp_layers(model: nn.Module) -> list[Layer] | None:
 
 
 def forward(
-    params: Tensors, x: Tensor, layers: list[Layer], terms: Terms, rate: float, perturb: Tensors | None = None
+    params: Tensors, x: Tensor, layers: list[Layer], terms: Terms, rate: float, biases: Tensors | None = None
 ) -> tuple[Tensor, Tensors]:
-    """Each task's adapted MLP on its inputs x (tasks, n, *in) -> ((tasks, n, out), the
-    inputs of the layers in `perturb`, to which `perturb` is added before the activation)."""
+    """Each task's adapted MLP on its inputs x (tasks, n, *in) -> ((tasks, n, out), the inputs
+    of the layers given per-example `biases` (tasks, n, out) in place of their own bias)."""
     h = x.flatten(2)  # (tasks, n, in)
     inputs: Tensors = {}
     for prefix, relu in layers:
-        z = h @ params[prefix + ".weight"].T + params[prefix + ".bias"]  # (tasks, n, out)
+        bias = params[prefix + ".bias"]
+        if biases is not None and prefix in biases:
+            inputs[prefix], bias = h, biases[prefix]
+        z = torch.matmul(h, params[prefix + ".weight"].T) + bias  # (tasks, n, out)
         for hs, delta in terms.get(prefix, ()):
-            z = z - rate * ((h @ hs.transpose(1, 2) + 1) @ delta)  # (tasks, n, n_s) @ (tasks, n_s, out)
-        if perturb is not None and prefix in perturb:
-            inputs[prefix] = h
-            z = z + perturb[prefix]
+            z = torch.baddbmm(z, (h @ hs.mT).add_(1), delta, alpha=-rate)  # (tasks, n, n_s) @ (tasks, n_s, out)
         h = z.relu() if relu else z
     return h, inputs
 
@@ -76,24 +76,27 @@ def meta_gradient(
     first_order: bool,
 ) -> tuple[Tensor, Tensors]:
     """Mean query loss after `inner_steps` steps on the layers `adapted` (prefixes), and its
-    gradient w.r.t. `meta` (the MLP's parameters)."""
-    task_loss = vmap(loss)  # (tasks, n, out), (tasks, n) -> (tasks,)
+    gradient w.r.t. `meta` (the MLP's parameters). `loss` is a mean over examples."""
     n_tasks, n_support = batch.xs.shape[:2]
+
+    def mean_loss(out: Tensor, y: Tensor) -> Tensor:  # (tasks, n, out), (tasks, n, ·)
+        return loss(out.flatten(0, 1), y.flatten(0, 1))  # = mean over tasks of each task's loss
 
     def objective(params: Tensors) -> Tensor:
         terms: Terms = {p: [] for p in adapted}
         for _ in range(inner_steps):
-            zeros = {p: batch.xs.new_zeros(n_tasks, n_support, params[p + ".bias"].shape[0]) for p in adapted}
+            # δ = ∂L/∂z of every example is the gradient w.r.t. a per-example copy of the bias
+            biases = {p: params[p + ".bias"].expand(n_tasks, n_support, -1) for p in adapted}
 
-            def support(perturb: Tensors) -> tuple[Tensor, Tensors]:
-                out, inputs = forward(params, batch.xs, layers, terms, inner_lr, perturb)
-                return task_loss(out, batch.ys).sum(), inputs
+            def support(biases: Tensors) -> tuple[Tensor, Tensors]:
+                out, inputs = forward(params, batch.xs, layers, terms, inner_lr, biases)
+                return mean_loss(out, batch.ys) * n_tasks, inputs  # the sum of the tasks' losses
 
-            deltas, inputs = grad_with_aux(support, zeros, create_graph=not first_order)
+            deltas, inputs = grad_with_aux(support, biases, create_graph=not first_order)
             for p in adapted:
                 terms[p].append((inputs[p].detach() if first_order else inputs[p], deltas[p]))
         out, _ = forward(params, batch.xq, layers, terms, inner_lr)
-        return task_loss(out, batch.yq).mean()
+        return mean_loss(out, batch.yq)
 
     grads, value = grad_and_value(objective, meta)
     return value, grads
