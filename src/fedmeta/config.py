@@ -145,7 +145,7 @@ class PrivacyConfig(Section):
     accountant: Literal["rdp", "pld"] = "rdp"
     target_epsilon: PosFloat | None = None
     noise_seed: int | None = None  # reproducible (insecure) noise, for experiments only
-    secure_aggregation: Literal["off", "secagg", "secagg+"] = "off"
+    secure_aggregation: Literal["off", "secagg", "secagg+", "ckks"] = "off"  # masked sums, or CKKS ciphertexts
     secagg_clip: PosFloat = 1.0  # fixed-point range of each weighted coordinate (DP: clip_norm)
     audit: bool = True  # membership-inference audit of the final model (example-holding clients)
 

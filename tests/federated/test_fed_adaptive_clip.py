@@ -49,9 +49,10 @@ def test_clip_settles_at_the_target_quantile(config):
     assert agg.clip_norm == pytest.approx(np.quantile(norms, 0.7), rel=0.05)
 
 
-def test_adaptive_clipping_through_secure_aggregation_equals_the_clear(config):
+@pytest.mark.parametrize("protocol", ["secagg+", "ckks"])
+def test_adaptive_clipping_through_secure_aggregation_equals_the_clear(config, protocol):
     plain = Simulation(adaptive(config))
-    secure = Simulation(adaptive(config, secure_aggregation="secagg+"))
+    secure = Simulation(adaptive(config, secure_aggregation=protocol))
     clips = []
     for _ in range(3):
         plain.run_round()

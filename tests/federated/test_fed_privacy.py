@@ -72,10 +72,11 @@ def test_incompatible_options_are_one_line_errors(tmp_path, overrides, field):
     assert err.value.field == field and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("protocol", ["secagg", "secagg+"])
+@pytest.mark.parametrize("protocol", ["secagg", "secagg+", "ckks"])
 @pytest.mark.parametrize("dp", ["off", "central"])
 def test_secure_aggregation_equals_the_plaintext_aggregate(config, protocol, dp):
-    """Same round through the secure sum and in the clear: equal to fixed-point precision."""
+    """Same round through the secure (or CKKS) sum and in the clear: equal to fixed-point
+    (or CKKS) precision."""
     base = config("sinusoid", rounds=2, n_clients=12, clients_per_round=6, held_out_clients=2, local_lr=0.005)
     privacy = {"dp": dp, "noise_multiplier": 0.0, "clip_norm": 0.5}
     plain = Simulation(base.model_copy(update={"privacy": base.privacy.model_copy(update=privacy)}))
@@ -83,7 +84,10 @@ def test_secure_aggregation_equals_the_plaintext_aggregate(config, protocol, dp)
     for _ in range(2):
         plain.run_round()
         info = secure.run_round()
-    assert info["secagg_included"] == info["clients"] and info["secagg_bytes_up"] > 0
+    if protocol == "ckks":
+        assert info["he_bytes_up"] > 0 and info["he_max_abs_error"] < 1e-6
+    else:
+        assert info["secagg_included"] == info["clients"] and info["secagg_bytes_up"] > 0
     for k in plain.params:
         torch.testing.assert_close(secure.params[k], plain.params[k], rtol=0, atol=1e-6)
     assert any(not torch.equal(secure.params[k], plain.params[k]) for k in plain.params)  # really went through the ring

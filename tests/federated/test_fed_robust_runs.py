@@ -39,6 +39,7 @@ def test_robust_rule_resists_a_scaling_attack(config, aggregator):
     ("overrides", "field"),
     [
         (["federated.aggregator='median'"], "federated.aggregator"),  # the demo runs SecAgg+
+        (["federated.aggregator='krum'", "privacy.dp='off'", "privacy.secure_aggregation='ckks'"], "federated.aggregator"),
         (["federated.aggregator='median'", "privacy.secure_aggregation='off'"], "federated.aggregator"),  # and DP
         (["federated.attack='scaling'"], "federated.malicious_fraction"),  # who attacks?
         (["federated.malicious_fraction=0.1"], "federated.attack"),  # with what?

@@ -10,8 +10,9 @@ Cross-cutting features wrap this step (DESIGN.md), never the strategies:
   also report b = [‖Δ‖ ≤ C], the server updates C ← C·exp(−η(b̄ − γ)) from a noisy count
   (σ_b), and the updates get z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) so both releases together cost
   one Gaussian mechanism with multiplier z (their §3.1);
-- the summing backend: in the clear, or through secure aggregation (`secure.py`), where
-  the server learns the sums only;
+- the summing backend: in the clear, through secure aggregation (`secure.py`), where the
+  server learns the sums only, or as CKKS ciphertexts the server adds without a key and a
+  client decrypts (`encrypted.py`; keys dealt once per run by `distribute_keys`);
 - without client-level DP or secure sums, a Byzantine-robust rule (`robust/`) can replace
   the weighted mean.
 """
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from fedmeta.config import Config
+from fedmeta.federated.encrypted import distribute_keys, encrypted_weighted_sum
 from fedmeta.federated.robust import ROBUST, make_robust, options_of
 from fedmeta.federated.secure import secure_weighted_sum, weight_scale
 from fedmeta.meta.base import Params
@@ -57,7 +59,8 @@ class Aggregation:
                 seed=dp.noise_seed,
             )
             self.clip_state = self.adaptive.init()
-        self.stats: Any = None  # the last secure aggregation's costs
+        self.stats: Any = None  # the last secure or encrypted sum's costs
+        self.keys = distribute_keys() if dp.secure_aggregation == "ckks" else None
         fed = cfg.federated
         options = {k: v for k in options_of(ROBUST[fed.aggregator]) if (v := getattr(fed, k)) is not None}
         self.robust = make_robust(fed.aggregator, **options)
@@ -122,8 +125,12 @@ class Aggregation:
         return {k: v / self.m for k, v in total.items()}
 
     def _secure_sum(self, updates: list[Params], weights: list[float], clip: float) -> tuple[Params, float]:
-        total, weight, self.stats = secure_weighted_sum(
-            updates, weights, clip=clip, neighbourhood=self.cfg.privacy.secure_aggregation)
+        """(Σ w·Δ, Σ w) by masked sums (coordinates clipped to ±clip) or CKKS ciphertexts."""
+        if self.keys is not None:
+            total, weight, self.stats = encrypted_weighted_sum(updates, weights, self.keys.clients)
+        else:
+            total, weight, self.stats = secure_weighted_sum(
+                updates, weights, clip=clip, neighbourhood=self.cfg.privacy.secure_aggregation)
         return total, weight
 
     def _adapt_clip(self, unclipped: float) -> None:

@@ -36,6 +36,7 @@ from fedmeta.federated.aggregation import Aggregation
 from fedmeta.federated.attacks import ATTACKS, make_attack
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
+from fedmeta.federated.encrypted import HEStats
 from fedmeta.federated.membership import membership_audit
 from fedmeta.federated.perfedavg import PerFedAvg
 from fedmeta.federated.private_client import PrivateLocal
@@ -377,10 +378,18 @@ class Simulation:
         }
 
     def secagg_costs(self) -> dict[str, Any]:
-        """Bytes and seconds of the round's secure aggregation, when it ran."""
+        """Bytes and seconds of the round's secure aggregation or CKKS sum, when it ran."""
         stats = self.aggregation.stats
         if stats is None or self.cfg.privacy.secure_aggregation == "off":
             return {}
+        if isinstance(stats, HEStats):
+            return {
+                "he_bytes_up": sum(stats.client_bytes),
+                "he_client_seconds": round(stats.client_seconds_per_client(), 4),
+                "he_server_seconds": round(stats.server_seconds, 4),
+                "he_decrypt_seconds": round(stats.decrypt_seconds, 4),
+                "he_max_abs_error": stats.max_abs_error,
+            }
         return {
             "secagg_bytes_up": sum(c.total_bytes_sent for c in stats.clients.values()),
             "secagg_client_seconds": round(stats.client_seconds_per_client(), 4),
