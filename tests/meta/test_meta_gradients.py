@@ -253,3 +253,14 @@ def test_evaluate_under_no_grad(setup):
     with torch.no_grad():
         quiet = learner.evaluate(params, batch)
     assert quiet == pytest.approx(learner.evaluate(params, batch), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_query_pass_matches_reference(setup):
+    """compile_query changes how the query pass runs (torch.compile), not what it computes."""
+    model, params, batch = setup
+    learner = MAML(model, "regression", inner_steps=2, inner_lr=ALPHA, batching="loop", compile_query=True)
+    loss, grads = learner.meta_gradient(params, batch)
+    ref_loss, ref = reference_maml(model, params, batch, 2)
+    torch.testing.assert_close(loss, ref_loss)
+    close(grads, ref)

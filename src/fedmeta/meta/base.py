@@ -31,7 +31,7 @@ from torch.func import functional_call, vmap
 
 from fedmeta.data.base import Kind, TaskBatch
 from fedmeta.meta import factored
-from fedmeta.meta.autodiff import grad_and_value, grad_with_aux, tracked
+from fedmeta.meta.autodiff import eager, grad_and_value, grad_with_aux, tracked
 
 Params = dict[str, Tensor]
 Batching = Literal["auto", "vmap", "loop"]
@@ -54,6 +54,11 @@ class MetaLearner:
     kind: "regression" or "classification" (chooses the loss).
     inner_steps, inner_lr: the adaptation loop used in training.
     first_order: drop second derivatives of the inner loop from the outer gradient.
+    batching: how a meta-batch's tasks are computed (module docstring).
+    compile_query: run each task's query pass (forward and backward at the adapted
+        weights) through `torch.compile`, outside torch.func transforms. On Conv4 Omniglot
+        with one thread it made the loop about 1.25x faster (fused batch norm, ReLU and
+        pooling) after a one-off compile of about 30 s per input shape; off by default.
     """
 
     model: nn.Module
@@ -62,9 +67,11 @@ class MetaLearner:
     inner_lr: float = 0.01
     first_order: bool = False
     batching: Batching = "auto"
+    compile_query: bool = False
 
     def __post_init__(self) -> None:
         self.loss = loss_for(self.kind)
+        self._compiled_query = torch.compile(self._query, dynamic=False) if self.compile_query else None
         if self.batching == "auto":
             has_conv = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
             self.batching = "loop" if has_conv else "vmap"
@@ -111,7 +118,11 @@ class MetaLearner:
 
     def query_loss(self, meta: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
         """One task's meta-objective: query loss after adapting on the support set."""
-        return self.loss(self.forward(self.adapt(meta, xs, ys), xq), yq)
+        query = self._compiled_query if self._compiled_query is not None and eager() else self._query
+        return query(self.adapt(meta, xs, ys), xq, yq)
+
+    def _query(self, params: Params, xq: Tensor, yq: Tensor) -> Tensor:
+        return self.loss(self.forward(params, xq), yq)
 
     # -- the outer gradient -----------------------------------------------------------
     def meta_gradient(self, meta: Params, batch: TaskBatch) -> tuple[Tensor, Params]:
