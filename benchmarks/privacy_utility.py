@@ -14,9 +14,10 @@ Central noise is seeded per run (`privacy.noise_seed`) so the table can be repro
 runs draw it from the OS. The whole sweep is one process with one torch thread; CPU seconds
 are the process time of each run.
 
-Run from the repository root:
-    python benchmarks/privacy_utility.py --out runs/privacy-utility [--seeds 2] [--quick]
-It writes results.csv, results.json, privacy_utility.png and one run folder per setting.
+Run from the repository root (10 seeds by default: about 13 CPU minutes; docs/privacy.md):
+    python benchmarks/privacy_utility.py --out runs/privacy-utility [--seeds N] [--quick]
+It writes results.csv, results.json, privacy_utility.png and one run folder per setting
+and seed.
 """
 
 from __future__ import annotations
