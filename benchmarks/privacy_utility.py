@@ -8,7 +8,9 @@ without DP and with clipping but no noise (σ = 0, ε infinite). Secure aggregat
 ledger are off: they change no number here (tests/federated/test_fed_privacy.py), only time.
 Each run reports ε at δ from Rényi DP (Mironov 2017) and privacy loss distributions
 (Koskela et al. 2020), both through dp-accounting, and the held-out clients' query accuracy
-before and after 5 adaptation steps on their support sets (mean and 10th percentile).
+before and after 5 adaptation steps on their support sets (mean and 10th percentile), and
+the run's membership-inference audit of the final model (loss-threshold attack, Yeom et al.
+2018: training clients' examples vs held-out clients'; AUC and TPR at FPR 1%).
 
 Central noise is seeded per run (`privacy.noise_seed`) so the table can be reproduced; real
 runs draw it from the OS. The whole sweep is one process with one torch thread; CPU seconds
@@ -92,6 +94,8 @@ def run_one(name: str, overrides: list[str], seed: int, out: Path) -> dict:
         "acc_before": final["acc_before"],
         "acc_after": final["acc_after"],
         "acc_after_p10": final["acc_after_p10"],
+        "mia_auc": summary["membership_audit"]["auc"],
+        "mia_tpr_at_1pct": summary["membership_audit"]["tpr_at_fpr"]["0.01"],
         "cpu_seconds": round(cpu, 1),
     }
 
@@ -111,7 +115,7 @@ def mean_by_setting(rows: list[dict]) -> list[dict]:
                 "seeds": len(group),
                 **{
                     k: statistics.fmean(r[k] for r in group)
-                    for k in ("acc_before", "acc_after", "acc_after_p10", "cpu_seconds")
+                    for k in ("acc_before", "acc_after", "acc_after_p10", "mia_auc", "mia_tpr_at_1pct", "cpu_seconds")
                 },
                 "acc_after_sd": statistics.stdev(after) if len(after) > 1 else 0.0,
             }
@@ -222,6 +226,8 @@ def main() -> None:
             "acc after",
             "± sd",
             "acc after p10",
+            "MIA AUC",
+            "TPR@FPR 1%",
             "CPU s/run",
         ],
         [
@@ -233,6 +239,8 @@ def main() -> None:
                 f"{r['acc_after']:.3f}",
                 f"{r['acc_after_sd']:.3f}",
                 f"{r['acc_after_p10']:.3f}",
+                f"{r['mia_auc']:.3f}",
+                f"{r['mia_tpr_at_1pct']:.3f}",
                 f"{r['cpu_seconds']:.0f}",
             ]
             for r in table

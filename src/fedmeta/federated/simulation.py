@@ -474,7 +474,9 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
     """Drive a federated run to the end, logging, checkpointing and summarising."""
     sim = Simulation(cfg)
     fed = cfg.federated
-    if sim.batching == "vmap" and cfg.run.threads is None:  # measured (docs/federated.md):
+    if cfg.run.threads is not None:
+        torch.set_num_threads(cfg.run.threads)
+    elif sim.batching == "vmap":  # measured (docs/federated.md):
         torch.set_num_threads(1)  # small nets lose to intra-op thread overhead
     state = run.load_checkpoint() if resume else None
     elapsed = 0.0
