@@ -190,8 +190,11 @@ def federated_omniglot(cfg: Any, data: Any, generator: torch.Generator) -> Feder
             )
             tasks = Omniglot(sub, "train", data.n_way, data.k_shot, data.k_query, data.rotations, test_alphabets=[])
             (held if alphabet in test else train).append(WeightedTasks(tasks, len(rows) * per))
+    if cfg.n_clients > len(train):
+        raise ConfigError("federated.n_clients", cfg.n_clients,
+                          f"at most {len(train)}: the (alphabet, {per}-drawer group) owners of the training alphabets")
     order = torch.randperm(len(train), generator=generator).tolist()
-    train = [train[i] for i in order][: cfg.n_clients] if cfg.n_clients else train
+    train = [train[i] for i in order][: cfg.n_clients]
     return FederatedData(train, held, "classification", data.n_way, (1, 28, 28))
 
 
