@@ -172,6 +172,10 @@ def methods_for(model: nn.Module, kind: Kind, alpha: float, compiled: bool) -> d
     return {name: methods[name] for name in METHODS if methods[name] is not None}
 
 
+def per_second(rate: float) -> str:
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}"
+
+
 def check_gradients(methods: dict[str, Method], batch: TaskBatch) -> dict[str, float]:
     """Run one step of each (also the warm-up) and return each one's largest gradient
     difference from the plain loop, relative to the largest plain-loop gradient entry."""
@@ -294,9 +298,9 @@ def main(argv: list[str] | None = None) -> None:
                     [
                         case.name,
                         ours,
-                        f"{rate[ours]:.0f}",
+                        per_second(rate[ours]),
                         peer,
-                        f"{rate[peer]:.0f}",
+                        per_second(rate[peer]),
                         f"{rate[ours] / rate[peer]:.2f}x",
                     ]
                 )
