@@ -10,7 +10,7 @@ give the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -50,11 +50,21 @@ def grad_with_aux(
     return grads, aux
 
 
-def grad_and_value(fn: Callable[[Tensors], Tensor], params: Tensors) -> tuple[Tensors, Tensor]:
-    """Gradient w.r.t. `params` and value of the scalar `fn(params)`; eagerly both are
-    detached from any graph `params` belong to."""
+def mean_grad_and_value(
+    fn: Callable[..., Tensor], params: Tensors, items: Sequence[tuple[Tensor, ...]]
+) -> tuple[Tensors, Tensor]:
+    """Mean over `items` of the scalar `fn(params, *item)` and its gradient w.r.t. `params`,
+    one item at a time (only one item's graph alive); eagerly both are detached from any
+    graph `params` belong to, and the items' gradients add up in one set of leaves."""
+    n = len(items)
     if not eager():
-        return torch.func.grad_and_value(fn)(params)
+        grads, values = zip(*(torch.func.grad_and_value(fn)(params, *item) for item in items))
+        return {k: torch.stack([g[k] for g in grads]).mean(0) for k in params}, torch.stack(values).mean()
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-    value = fn(leaves)
-    return torch.autograd.grad(value, leaves, materialize_grads=True), value.detach()
+    values = []
+    for item in items:
+        value = fn(leaves, *item)
+        (value / n).backward()
+        values.append(value.detach())
+    grads = {k: torch.zeros_like(v) if v.grad is None else v.grad for k, v in leaves.items()}
+    return grads, torch.stack(values).mean()

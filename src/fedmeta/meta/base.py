@@ -31,7 +31,7 @@ from torch.func import functional_call, vmap
 
 from fedmeta.data.base import Kind, TaskBatch
 from fedmeta.meta import factored
-from fedmeta.meta.autodiff import eager, grad_and_value, grad_with_aux, tracked
+from fedmeta.meta.autodiff import eager, grad_with_aux, mean_grad_and_value, tracked
 
 Params = dict[str, Tensor]
 Batching = Literal["auto", "vmap", "loop"]
@@ -138,8 +138,8 @@ class MetaLearner:
             # nets (batch statistics), measured against the loop in tests/meta
             grads, losses = vmap(torch.func.grad_and_value(self.query_loss), in_dims=(None, 0, 0, 0, 0))(meta, *parts)
             return losses.mean().detach(), {k: g.mean(0) for k, g in grads.items()}
-        grads, losses = zip(*(grad_and_value(lambda m: self.query_loss(m, *task), meta) for task in zip(*parts)))
-        return torch.stack(losses).mean().detach(), {k: torch.stack([g[k] for g in grads]).mean(0) for k in meta}
+        grads, loss = mean_grad_and_value(self.query_loss, meta, list(zip(*parts)))
+        return loss, grads
 
     def _factored_layers(self) -> list[str] | None:
         """The adapted layers if the factored MLP form applies (plain inner steps, whole

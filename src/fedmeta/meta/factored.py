@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from fedmeta.data.base import TaskBatch
-from fedmeta.meta.autodiff import Tensors, grad_and_value, grad_with_aux
+from fedmeta.meta.autodiff import Tensors, grad_with_aux, mean_grad_and_value
 from fedmeta.models import MLP
 
 Layer = tuple[str, bool]  # (parameter prefix, followed by a ReLU)
@@ -98,5 +98,5 @@ def meta_gradient(
         out, _ = forward(params, batch.xq, layers, terms, inner_lr)
         return mean_loss(out, batch.yq)
 
-    grads, value = grad_and_value(objective, meta)
+    grads, value = mean_grad_and_value(objective, meta, [()])
     return value, grads
