@@ -13,9 +13,9 @@ gradient-descent inner steps (MAML, FOMAML, ANIL) in factored form (`factored.py
 other nets as `torch.func.vmap` of per-task gradients. All give the same numbers. `"auto"`
 picks by measurement (benchmarks/meta_speed.py, one thread, against a plain
 `autograd.grad(create_graph=True)` loop; docs/meta-learning.md): vmap for nets without
-convolutions (sinusoid MLP: the factored vmap 12x the plain loop at 25 tasks and 34x at
-1000, the loop 0.9x), the loop for convolutional nets (Conv4 on Omniglot: the loop 1.0x,
-vmap 0.43x, its batched convolution backward doing 3.2x the loop's FLOPs).
+convolutions (sinusoid MLP: the factored vmap 11.5x the plain loop at 25 tasks and 36.5x
+at 1000, the loop 0.96x), the loop for convolutional nets (Conv4 on Omniglot: the loop
+1.05x, vmap 0.41x, its batched convolution backward doing 3.2x the loop's FLOPs).
 """
 
 from __future__ import annotations
