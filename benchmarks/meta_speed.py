@@ -64,7 +64,9 @@ class Method:
     grads: Callable[[], list[Tensor]]
 
 
-def fedmeta_method(model: nn.Module, kind: Kind, alpha: float, batching: str, compile_query: bool = False) -> Method:
+def fedmeta_method(
+    model: nn.Module, kind: Kind, alpha: float, batching: str, compile_query: bool = False
+) -> Method:
     learner = MAML(model, kind, inner_lr=alpha, batching=batching, compile_query=compile_query)
     meta = learner.init(parameters_of(model))
     opt = torch.optim.Adam(meta.values(), lr=OUTER_LR)
@@ -163,7 +165,9 @@ def methods_for(model: nn.Module, kind: Kind, alpha: float, compiled: bool) -> d
     methods = {
         "fedmeta vmap": fedmeta_method(model, kind, alpha, "vmap"),
         "fedmeta loop": fedmeta_method(model, kind, alpha, "loop"),
-        COMPILED: fedmeta_method(model, kind, alpha, "loop", compile_query=True) if compiled else None,
+        COMPILED: fedmeta_method(model, kind, alpha, "loop", compile_query=True)
+        if compiled
+        else None,
         "plain": plain_method(model, kind, alpha),
         "torch.func": torch_func_method(model, kind, alpha),
         "higher": higher_method(model, kind, alpha),
@@ -318,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
                 "yes" if ratio >= case.target else "NO",
             ]
         )
-        gradient_rows.append([case.name] + [f"{errors[n]:.1e}" if n in errors else "-" for n in METHODS])
+        gradient_rows.append(
+            [case.name] + [f"{errors[n]:.1e}" if n in errors else "-" for n in METHODS]
+        )
         print(f"[{case.name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr)
         if case.kind == "classification":
             conv = (case, seconds, methods)
@@ -330,7 +336,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     print_table(["case", "fedmeta", "tasks/s", "peer", "tasks/s", "ratio"], rows)
     print("\nBest fedmeta batching against the plain autograd loop\n")
-    print_table(["case", "best", "ratio vs plain", "default (auto)", "ratio vs plain", "target", "best meets it"], summary)
+    print_table(
+        [
+            "case",
+            "best",
+            "ratio vs plain",
+            "default (auto)",
+            "ratio vs plain",
+            "target",
+            "best meets it",
+        ],
+        summary,
+    )
     print("\nFirst-step meta-gradient: max |difference from plain loop| / max |plain gradient|\n")
     print_table(["case", *METHODS], gradient_rows)
     if conv is not None:

@@ -35,7 +35,9 @@ def reference_maml(model, params, batch, steps, alpha=ALPHA, lrs=None):
             loss = torch.nn.functional.mse_loss(torch.func.functional_call(model, fast, (xs,)), ys)
             grads = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=True)
             fast = {k: fast[k] - (rates[k] if rates else alpha) * g for k, g in zip(names, grads)}
-        total = total + torch.nn.functional.mse_loss(torch.func.functional_call(model, fast, (xq,)), yq)
+        total = total + torch.nn.functional.mse_loss(
+            torch.func.functional_call(model, fast, (xq,)), yq
+        )
     total = total / batch.n_tasks
     wrt = list(leaves.values()) + list(rates.values())
     grads = torch.autograd.grad(total, wrt)
@@ -74,7 +76,9 @@ def test_maml_matches_finite_differences(setup):
             minus = {**params, k: p.clone()}
             plus[k][idx] += eps
             minus[k][idx] -= eps
-            fd = (learner.meta_gradient(plus, batch)[0] - learner.meta_gradient(minus, batch)[0]) / (2 * eps)
+            fd = (
+                learner.meta_gradient(plus, batch)[0] - learner.meta_gradient(minus, batch)[0]
+            ) / (2 * eps)
             assert abs(float(fd) - float(grads[k][idx])) < 1e-6 * max(1.0, abs(float(fd))), (k, idx)
 
 
@@ -123,11 +127,15 @@ def test_maml_minus_fomaml_is_the_hessian_term(setup):
 
         def support(v, xs=xs, ys=ys):
             shaped = {k: t.reshape(params[k].shape) for k, t in unflat(v).items()}
-            return torch.nn.functional.mse_loss(torch.func.functional_call(model, shaped, (xs,)), ys)
+            return torch.nn.functional.mse_loss(
+                torch.func.functional_call(model, shaped, (xs,)), ys
+            )
 
         def query(v, xq=xq, yq=yq):
             shaped = {k: t.reshape(params[k].shape) for k, t in unflat(v).items()}
-            return torch.nn.functional.mse_loss(torch.func.functional_call(model, shaped, (xq,)), yq)
+            return torch.nn.functional.mse_loss(
+                torch.func.functional_call(model, shaped, (xq,)), yq
+            )
 
         theta = flat(params)
         phi = theta - ALPHA * torch.autograd.functional.jacobian(support, theta)
@@ -136,7 +144,9 @@ def test_maml_minus_fomaml_is_the_hessian_term(setup):
         expected += -ALPHA * hvp / batch.n_tasks
     diff = flat(maml) - flat(fo)
     assert diff.abs().max() > 1e-4  # second derivatives matter here ...
-    torch.testing.assert_close(diff, expected, rtol=1e-8, atol=1e-10)  # ... and are exactly this term
+    torch.testing.assert_close(
+        diff, expected, rtol=1e-8, atol=1e-10
+    )  # ... and are exactly this term
 
 
 def test_first_order_equals_maml_when_inner_loop_is_empty(setup):
@@ -149,7 +159,9 @@ def test_first_order_equals_maml_when_inner_loop_is_empty(setup):
 def test_reptile_one_step_is_the_analytic_update(setup):
     """k=1: φ = θ − α∇L(θ) on the task's pooled data, so θ − mean φ = α · mean ∇L(θ)."""
     model, params, batch = setup
-    _, grads = Reptile(model, "regression", inner_steps=1, inner_lr=ALPHA).meta_gradient(params, batch)
+    _, grads = Reptile(model, "regression", inner_steps=1, inner_lr=ALPHA).meta_gradient(
+        params, batch
+    )
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     expected = {k: torch.zeros_like(v) for k, v in params.items()}
     for xs, ys, xq, yq in zip(batch.xs, batch.ys, batch.xq, batch.yq):
@@ -166,7 +178,9 @@ def test_metasgd_learns_per_parameter_rates(setup):
     meta = learner.init(params)
     gen = torch.Generator().manual_seed(5)
     for k in params:  # distinct per-coordinate rates, so a shared-rate bug would show
-        meta[PREFIX + k] = ALPHA * (0.5 + torch.rand(params[k].shape, generator=gen, dtype=torch.float64))
+        meta[PREFIX + k] = ALPHA * (
+            0.5 + torch.rand(params[k].shape, generator=gen, dtype=torch.float64)
+        )
     _, grads = learner.meta_gradient(meta, batch)
     _, ref = reference_maml(model, params, batch, 2, lrs={k: meta[PREFIX + k] for k in params})
     close(grads, ref)
@@ -196,10 +210,18 @@ def test_conv4_with_batch_norm_vmap_matches_loop(cls):
     model = Conv4(1, 3, filters=4, image_size=8).double()
     params = parameters_of(model)
     g = torch.Generator().manual_seed(0)
-    xs, xq = torch.rand(3, 3, 1, 8, 8, generator=g).double(), torch.rand(3, 6, 1, 8, 8, generator=g).double()
+    xs, xq = (
+        torch.rand(3, 3, 1, 8, 8, generator=g).double(),
+        torch.rand(3, 6, 1, 8, 8, generator=g).double(),
+    )
     ys, yq = torch.tensor([[0, 1, 2]] * 3), torch.tensor([[0, 1, 2, 0, 1, 2]] * 3)
     batch = TaskBatch(xs, ys, xq, yq)
-    out = [cls(model, "classification", inner_steps=2, inner_lr=0.1, batching=b).meta_gradient(params, batch) for b in ("vmap", "loop")]
+    out = [
+        cls(model, "classification", inner_steps=2, inner_lr=0.1, batching=b).meta_gradient(
+            params, batch
+        )
+        for b in ("vmap", "loop")
+    ]
     torch.testing.assert_close(out[0][0], out[1][0])
     close(out[0][1], out[1][1], tol=1e-9)
 
@@ -212,10 +234,14 @@ def test_classification_mlp_batched_matches_plain_loop(cls):
     params = parameters_of(model)
     g = torch.Generator().manual_seed(2)
     batch = TaskBatch(
-        torch.randn(4, 6, 6, generator=g, dtype=torch.float64), torch.randint(3, (4, 6), generator=g),
-        torch.randn(4, 9, 6, generator=g, dtype=torch.float64), torch.randint(3, (4, 9), generator=g),
+        torch.randn(4, 6, 6, generator=g, dtype=torch.float64),
+        torch.randint(3, (4, 6), generator=g),
+        torch.randn(4, 9, 6, generator=g, dtype=torch.float64),
+        torch.randint(3, (4, 9), generator=g),
     )
-    loss, grads = cls(model, "classification", inner_steps=2, inner_lr=0.3, batching="vmap").meta_gradient(params, batch)
+    loss, grads = cls(
+        model, "classification", inner_steps=2, inner_lr=0.3, batching="vmap"
+    ).meta_gradient(params, batch)
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     ce = torch.nn.functional.cross_entropy
     total = 0.0
@@ -224,7 +250,9 @@ def test_classification_mlp_batched_matches_plain_loop(cls):
         for _ in range(2):
             names = [k for k in fast if cls is not ANIL or k.startswith("head.")]
             inner = ce(torch.func.functional_call(model, fast, (xs,)), ys)
-            gs = torch.autograd.grad(inner, [fast[k] for k in names], create_graph=cls is not FOMAML)
+            gs = torch.autograd.grad(
+                inner, [fast[k] for k in names], create_graph=cls is not FOMAML
+            )
             fast = {**fast, **{k: fast[k] - 0.3 * gk for k, gk in zip(names, gs)}}
         total = total + ce(torch.func.functional_call(model, fast, (xq,)), yq) / batch.n_tasks
     ref = dict(zip(leaves, torch.autograd.grad(total, list(leaves.values()))))
@@ -259,7 +287,9 @@ def test_evaluate_under_no_grad(setup):
 def test_compiled_query_pass_matches_reference(setup):
     """compile_query changes how the query pass runs (torch.compile), not what it computes."""
     model, params, batch = setup
-    learner = MAML(model, "regression", inner_steps=2, inner_lr=ALPHA, batching="loop", compile_query=True)
+    learner = MAML(
+        model, "regression", inner_steps=2, inner_lr=ALPHA, batching="loop", compile_query=True
+    )
     loss, grads = learner.meta_gradient(params, batch)
     ref_loss, ref = reference_maml(model, params, batch, 2)
     torch.testing.assert_close(loss, ref_loss)

@@ -40,9 +40,13 @@ def grad_with_aux(
     computed from (second-order MAML); without, it is a constant (first order).
     """
     if eager():
-        inputs = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in inputs.items()}
+        inputs = {
+            k: v if v.requires_grad else v.detach().requires_grad_() for k, v in inputs.items()
+        }
         value, aux = fn(inputs)
-        grads = torch.autograd.grad(value, inputs, create_graph=create_graph, materialize_grads=True)
+        grads = torch.autograd.grad(
+            value, inputs, create_graph=create_graph, materialize_grads=True
+        )
         return grads, aux
     grads, aux = grad(fn, has_aux=True)(inputs)
     if not create_graph:
@@ -59,7 +63,9 @@ def mean_grad_and_value(
     n = len(items)
     if not eager():
         grads, values = zip(*(torch.func.grad_and_value(fn)(params, *item) for item in items))
-        return {k: torch.stack([g[k] for g in grads]).mean(0) for k in params}, torch.stack(values).mean()
+        return {k: torch.stack([g[k] for g in grads]).mean(0) for k in params}, torch.stack(
+            values
+        ).mean()
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     values = []
     for item in items:

@@ -71,7 +71,9 @@ class MetaLearner:
 
     def __post_init__(self) -> None:
         self.loss = loss_for(self.kind)
-        self._compiled_query = torch.compile(self._query, dynamic=False) if self.compile_query else None
+        self._compiled_query = (
+            torch.compile(self._query, dynamic=False) if self.compile_query else None
+        )
         if self.batching == "auto":
             has_conv = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
             self.batching = "loop" if has_conv else "vmap"
@@ -112,13 +114,17 @@ class MetaLearner:
 
         second_order = not self.first_order and tracked(fast)
         for _ in range(self.inner_steps if steps is None else steps):
-            grads, _ = grad_with_aux(lambda f: (support_loss(f), ()), fast, create_graph=second_order)
+            grads, _ = grad_with_aux(
+                lambda f: (support_loss(f), ()), fast, create_graph=second_order
+            )
             fast = self.inner_step(meta, fast, grads)
         return {**frozen, **fast}
 
     def query_loss(self, meta: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
         """One task's meta-objective: query loss after adapting on the support set."""
-        query = self._compiled_query if self._compiled_query is not None and eager() else self._query
+        query = (
+            self._compiled_query if self._compiled_query is not None and eager() else self._query
+        )
         return query(self.adapt(meta, xs, ys), xq, yq)
 
     def _query(self, params: Params, xq: Tensor, yq: Tensor) -> Tensor:
@@ -132,11 +138,20 @@ class MetaLearner:
             adapted = self._factored_layers()
             if adapted is not None:
                 return factored.meta_gradient(
-                    meta, batch, self._layers, adapted, self.loss, self.inner_steps, self.inner_lr, self.first_order
+                    meta,
+                    batch,
+                    self._layers,
+                    adapted,
+                    self.loss,
+                    self.inner_steps,
+                    self.inner_lr,
+                    self.first_order,
                 )
             # vmap of per-task gradients, then the mean: grad-of-vmap is wrong for batch-norm
             # nets (batch statistics), measured against the loop in tests/meta
-            grads, losses = vmap(torch.func.grad_and_value(self.query_loss), in_dims=(None, 0, 0, 0, 0))(meta, *parts)
+            grads, losses = vmap(
+                torch.func.grad_and_value(self.query_loss), in_dims=(None, 0, 0, 0, 0)
+            )(meta, *parts)
             return losses.mean().detach(), {k: g.mean(0) for k, g in grads.items()}
         grads, loss = mean_grad_and_value(self.query_loss, meta, list(zip(*parts)))
         return loss, grads

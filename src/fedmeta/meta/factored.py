@@ -48,7 +48,12 @@ def mlp_layers(model: nn.Module) -> list[Layer] | None:
 
 
 def forward(
-    params: Tensors, x: Tensor, layers: list[Layer], terms: Terms, rate: float, biases: Tensors | None = None
+    params: Tensors,
+    x: Tensor,
+    layers: list[Layer],
+    terms: Terms,
+    rate: float,
+    biases: Tensors | None = None,
 ) -> tuple[Tensor, Tensors]:
     """Each task's adapted MLP on its inputs x (tasks, n, *in) -> ((tasks, n, out), the inputs
     of the layers given per-example `biases` (tasks, n, out) in place of their own bias)."""
@@ -60,7 +65,9 @@ def forward(
             inputs[prefix], bias = h, biases[prefix]
         z = torch.matmul(h, params[prefix + ".weight"].T) + bias  # (tasks, n, out)
         for hs, delta in terms.get(prefix, ()):
-            z = torch.baddbmm(z, (h @ hs.mT).add_(1), delta, alpha=-rate)  # (tasks, n, n_s) @ (tasks, n_s, out)
+            z = torch.baddbmm(
+                z, (h @ hs.mT).add_(1), delta, alpha=-rate
+            )  # (tasks, n, n_s) @ (tasks, n_s, out)
         h = z.relu() if relu else z
     return h, inputs
 
