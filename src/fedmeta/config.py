@@ -28,7 +28,7 @@ class Section(BaseModel):
 class RunConfig(Section):
     name: str = "run"
     seed: int = 0
-    threads: PosInt | None = None  # torch intra-op threads; default: torch's (1 for vmapped federated runs)
+    threads: PosInt | None = None  # torch intra-op threads; default: 1 for vmapped (MLP) runs, else torch's
 
 
 class DataConfig(Section):
@@ -55,6 +55,7 @@ class MetaConfig(Section):
     eval_inner_steps: Annotated[int, Field(ge=0)] = 10
     meta_batch_size: PosInt = 25
     batching: Literal["auto", "vmap", "loop"] = "auto"
+    compile_query: bool = False  # torch.compile each task's query pass (~30 s to compile per shape)
 
 
 class TrainConfig(Section):

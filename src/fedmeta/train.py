@@ -21,6 +21,7 @@ from fedmeta.meta import ALGORITHMS, MetaLearner, Params
 from fedmeta.models import build_model, parameters_of
 from fedmeta.progress import progress_bar
 from fedmeta.rundir import RunDir
+from fedmeta.threads import use_threads
 
 
 @dataclass
@@ -55,6 +56,7 @@ def build(cfg: Config) -> Setup:
         inner_steps=cfg.meta.inner_steps,
         inner_lr=cfg.meta.inner_lr,
         batching=cfg.meta.batching,
+        compile_query=cfg.meta.compile_query,
     )
     return Setup(train_tasks, test_tasks, learner, learner.init(parameters_of(model)))
 
@@ -74,6 +76,7 @@ def eval_batch(cfg: Config, tasks: TaskDistribution, offset: int) -> Any:
 def train(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
     setup = build(cfg)
     learner, meta = setup.learner, setup.meta
+    use_threads(cfg, learner.batching)
     opt = outer_optimizer(cfg, meta)
     gen = torch.Generator().manual_seed(cfg.run.seed)
     start, elapsed = 0, 0.0

@@ -37,10 +37,6 @@ def run(
         cfg = load_config(config, overrides)
         folder = RunDir.create(out, cfg)
     print(f"run folder: {folder.path}", file=sys.stderr)
-    if cfg.run.threads is not None:
-        import torch
-
-        torch.set_num_threads(cfg.run.threads)
     try:
         driver = run_federated if cfg.federated is not None else train
         summary = driver(cfg, folder, resume=resume is not None, show_progress=progress)

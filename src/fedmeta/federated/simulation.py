@@ -54,6 +54,7 @@ from fedmeta.privacy.accountant import Accountant, max_steps_for
 from fedmeta.privacy.noise import rng_for
 from fedmeta.progress import progress_bar
 from fedmeta.rundir import RunDir
+from fedmeta.threads import use_threads
 
 log = logging.getLogger("fedmeta.federated")
 
@@ -86,7 +87,8 @@ class Simulation:
         kind = self.data.kind
         if fed.local_procedure == "fedmeta":
             self.learner: MetaLearner = ALGORITHMS[cfg.meta.algorithm](
-                self.model, kind, inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr, batching=cfg.meta.batching
+                self.model, kind, inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr, batching=cfg.meta.batching,
+                compile_query=cfg.meta.compile_query,
             )
             self.procedure: Any = LocalMeta(self.learner, fed.local_lr)
         else:
@@ -474,10 +476,7 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
     """Drive a federated run to the end, logging, checkpointing and summarising."""
     sim = Simulation(cfg)
     fed = cfg.federated
-    if cfg.run.threads is not None:
-        torch.set_num_threads(cfg.run.threads)
-    elif sim.batching == "vmap":  # measured (docs/federated.md):
-        torch.set_num_threads(1)  # small nets lose to intra-op thread overhead
+    use_threads(cfg, sim.batching)
     state = run.load_checkpoint() if resume else None
     elapsed = 0.0
     if state is not None:
