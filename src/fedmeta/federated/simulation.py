@@ -259,6 +259,12 @@ class Simulation:
         payload, self.codec_state[cid] = self.codec.encode(delta, state, gen)
         return encode(payload)
 
+    def client_message(self, cid: int, round_: int, delta: Params, gen: torch.Generator) -> tuple[bytes, float]:
+        """A client's client-side stages on its Δ: DP (clip, local noise share) then wire
+        encoding; also its adaptive-clipping report."""
+        private, report = self.aggregation.privatize(delta, self.noise_rng(round_, cid + 1))
+        return self.encode_update(cid, private, gen), report
+
     def collect(self, round_: int, attempt: int = 0) -> Collected:
         """Sample clients, simulate their fates, run local procedures, encode updates."""
         fed = self.cfg.federated
@@ -283,8 +289,7 @@ class Simulation:
             elif cid in self.malicious:  # sends what the attack crafts, skipping the DP stage
                 messages[cid] = self.encode_update(cid, self.attack(result, honest, gen), gen)
             else:
-                private, reports[cid] = self.aggregation.privatize(result, self.noise_rng(round_, cid + 1))
-                messages[cid] = self.encode_update(cid, private, gen)
+                messages[cid], reports[cid] = self.client_message(cid, round_, result, gen)
         weights = {c: float(getattr(self.data.train[c], "n_examples", 1)) for c in messages}
         signed = {c: self.sign(c, round_, m) for c, m in messages.items()} if self.signing else {}
         return Collected(messages, weights, sampled, dropped, attempt, signed, reports)
@@ -292,12 +297,13 @@ class Simulation:
     # -- signed updates (Ed25519 over the SHA-256 of the exact bytes sent) ----------------
     signing: UpdateVerifier | None = None
 
-    def enable_signing(self, run_id: str, keys_dir: str, registered: dict[str, str]) -> None:
+    def enable_signing(self, run_id: str, keys_dir: str | None, registered: dict[str, str]) -> None:
         """Clients sign with `<keys_dir>/<client id>.pem`; the server accepts only updates
-        signed by the registered key of their client, once, in the current round."""
+        signed by the registered key of their client, once, in the current round. A server
+        whose clients are remote holds no keys (`keys_dir=None`)."""
         self.run_id, self.signing = run_id, UpdateVerifier(registered, run_id)
-        folder = Path(keys_dir)
-        self.client_keys = {p.stem: load_private_key(p) for p in folder.glob("*.pem")}
+        folder = None if keys_dir is None else Path(keys_dir)
+        self.client_keys = {} if folder is None else {p.stem: load_private_key(p) for p in folder.glob("*.pem")}
 
     def check_signature(self, cid: int, data: bytes, signed: SignedUpdate | None) -> dict[str, Any] | None:
         """None if the update may proceed, else the refusal as the ledger records it."""
@@ -472,9 +478,13 @@ class NotEnoughClients(Exception):
         super().__init__(f"{usable} usable updates of {sampled} sampled clients")
 
 
-def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
-    """Drive a federated run to the end, logging, checkpointing and summarising."""
-    sim = Simulation(cfg)
+def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool = True,
+                  sim: Simulation | None = None) -> dict:
+    """Drive a federated run to the end, logging, checkpointing and summarising. `sim` is
+    the runtime (default: an in-process `Simulation(cfg)`); a deployment passes one whose
+    `collect` reaches real clients and whose clients sign with their own keys."""
+    remote = sim is not None
+    sim = Simulation(cfg) if sim is None else sim
     fed = cfg.federated
     use_threads(cfg, sim.batching)
     state = run.load_checkpoint() if resume else None
@@ -483,8 +493,8 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         sim.load_state_dict(state["simulation"])
         elapsed = state["elapsed"]
     record = RunRecord(cfg, run.path, sim.params, resume=resume) if cfg.ledger.enabled else None
-    if record is not None and cfg.ledger.client_keys:
-        sim.enable_signing(record.run_id, cfg.ledger.client_keys, cfg.ledger.participants)
+    if record is not None and (cfg.ledger.client_keys or (remote and cfg.ledger.participants)):
+        sim.enable_signing(record.run_id, None if remote else cfg.ledger.client_keys, cfg.ledger.participants)
     if sim.affordable_rounds is not None and sim.affordable_rounds < fed.rounds:
         print(f"privacy budget: target ε = {cfg.privacy.target_epsilon} at δ = {cfg.privacy.delta} allows "
               f"{sim.affordable_rounds} of federated.rounds = {fed.rounds}; the run will stop there", file=sys.stderr)

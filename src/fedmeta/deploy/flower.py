@@ -1,0 +1,233 @@
+"""Federated runs on Flower's deployment runtime (flwr ≥ 1.41, Message API): a `ServerApp`
+and a `ClientApp` over the same stages as the in-process runtime (DESIGN.md, "Data flow
+of one federated round"); only the transport differs.
+
+The server is a `Simulation` whose `collect` reaches real clients: it samples client ids
+exactly as in-process, then sends each sampled client ONE `train` message (global
+parameters + round header) and gets ONE reply (the encoded, privatized, optionally signed
+update and its weight). Everything after that — signature and `check_update` validation,
+`Aggregation` (DP / robust sums), the strategy, the accountant, the ledger, checkpoints,
+metrics, evaluation — is `run_federated` unchanged. One `query` message per node at the
+start maps Flower node ids to client ids (the node's `partition-id`).
+
+A client builds the same `Simulation` from the config the server sends, picks its own
+client (`partition-id` of its supernode's `node_config`), draws its episodes from its own
+stream (seed, round, attempt, client) and runs the shared client step
+(`Simulation.local_deltas`, `Simulation.client_message`, `sign_update`). Seeded noise is
+per (round, client) in both runtimes, so example-level DP runs with a fixed seed give the
+same parameters here and in-process; other procedures draw the same client sample but
+different episodes (in-process draws all clients' episodes from one round stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedmeta.config import Config, load_config
+from fedmeta.errors import ConfigError, FedmetaError
+from fedmeta.federated.simulation import Collected, Simulation, run_federated
+from fedmeta.ledger.commitments import SignedUpdate, sign_update
+from fedmeta.ledger.keys import load_private_key
+from fedmeta.meta import Params
+
+log = logging.getLogger("fedmeta.deploy")
+
+TRAIN, QUERY = "train", "query"
+CLIENT_STREAM = 4  # generator streams 0-3 belong to the in-process runtime
+HEADER, PARAMS, UPDATE = "header", "params", "update"
+
+
+def check_deployable(cfg: Config) -> None:
+    """Raise ConfigError for the options this runtime does not carry over the wire."""
+    fed, dp = cfg.federated, cfg.privacy
+    if fed is None:
+        raise ConfigError("federated", None, "a [federated] section (deployment runs are federated)")
+    if dp.secure_aggregation != "off":
+        raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation,
+                          "'off' with fedmeta deploy (secure sums are not carried over Flower yet)")
+    if dp.dp != "off" and dp.clipping != "fixed":
+        raise ConfigError("privacy.clipping", dp.clipping, "'fixed' with fedmeta deploy (the adaptive clip norm is not sent yet)")
+    if fed.compression == "topk":
+        raise ConfigError("federated.compression", fed.compression, "'none' or 'int8' with fedmeta deploy (top-k keeps a residual per client)")
+    if fed.attack != "none":
+        raise ConfigError("federated.attack", fed.attack, "'none' with fedmeta deploy (attacks are simulated in-process only)")
+    for name in ("dropout_rate", "straggler_rate"):
+        if getattr(fed, name) > 0:
+            raise ConfigError(f"federated.{name}", getattr(fed, name), "0 with fedmeta deploy (real clients drop out on their own)")
+
+
+# -- the wire: plain values <-> Flower records ----------------------------------------------
+def train_request(cfg_toml: str, params: Params, round_: int, attempt: int, cid: int, run_id: str | None) -> RecordDict:
+    header = {"config": cfg_toml, "round": round_, "attempt": attempt, "client": cid, "run_id": run_id or ""}
+    return RecordDict({HEADER: ConfigRecord(header), PARAMS: ArrayRecord(torch_state_dict=params)})
+
+
+def train_reply(cid: int, data: bytes, weight: float, report: float, signed: SignedUpdate | None) -> RecordDict:
+    body: dict[str, Any] = {"client": cid, "data": data, "weight": weight, "report": report}
+    if signed is not None:
+        body.update({f"signed.{k}": v for k, v in signed.to_dict().items()})
+    return RecordDict({UPDATE: ConfigRecord(body)})
+
+
+def read_reply(content: RecordDict) -> tuple[int, bytes, float, float, SignedUpdate | None]:
+    body = content[UPDATE]
+    fields = {k.removeprefix("signed."): v for k, v in body.items() if k.startswith("signed.")}
+    signed = SignedUpdate.from_dict(fields) if fields else None
+    return int(body["client"]), bytes(body["data"]), float(body["weight"]), float(body["report"]), signed
+
+
+# -- server ----------------------------------------------------------------------------------
+class FlowerRuntime(Simulation):
+    """The in-process runtime with `collect` over a Flower `Grid`: same sampling, same
+    server stages; the clients' work happens on their supernodes."""
+
+    def __init__(self, cfg: Config, grid: Grid, *, min_nodes: int, wait: float = 300.0, deadline: float = 3600.0):
+        check_deployable(cfg)
+        super().__init__(cfg)
+        self.grid, self.deadline, self.toml = grid, deadline, cfg.to_toml()
+        self.nodes = self.register(min_nodes, wait)  # client id -> node id
+
+    def register(self, min_nodes: int, wait: float) -> dict[int, int]:
+        """Wait for `min_nodes` supernodes, then ask each which client it is (one exchange)."""
+        stop = time.monotonic() + wait
+        while len(ids := list(self.grid.get_node_ids())) < min_nodes:
+            if time.monotonic() > stop:
+                raise FedmetaError(f"{len(ids)} of {min_nodes} supernodes connected after {wait:.0f} s")
+            time.sleep(1.0)
+        header = ConfigRecord({"config": self.toml})
+        asks = [Message(RecordDict({HEADER: header}), dst_node_id=n, message_type=QUERY) for n in ids]
+        nodes: dict[int, int] = {}
+        for reply in self.grid.send_and_receive(asks, timeout=wait):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("supernode %d refused to join: %s", node, reply.error.reason)
+                continue
+            cid = int(reply.content[HEADER]["client"])
+            if cid in nodes:
+                raise FedmetaError(f"supernodes {nodes[cid]} and {node} both hold client {cid} (partition-id)")
+            nodes[cid] = node
+        log.info("clients on supernodes: %s", dict(sorted(nodes.items())))
+        return nodes
+
+    def collect(self, round_: int, attempt: int = 0) -> Collected:
+        sampled = self.sample_clients(self.generator(round_, attempt))
+        dropped = {c: "no supernode holds this client" for c in sampled if c not in self.nodes}
+        run_id = getattr(self, "run_id", None) if self.signing is not None else None
+        asks = [Message(train_request(self.toml, self.params, round_, attempt, c, run_id), dst_node_id=self.nodes[c],
+                        message_type=TRAIN, group_id=f"{round_}.{attempt}") for c in sampled if c in self.nodes]
+        messages, weights, reports, signed = {}, {}, {}, {}
+        for reply in self.grid.send_and_receive(asks, timeout=self.deadline):
+            if reply.has_error():
+                node = reply.metadata.src_node_id
+                cid = next(c for c, n in self.nodes.items() if n == node)
+                dropped[cid] = f"failed: {reply.error.reason}"
+                log.warning("round %d: client %d failed: %s", round_, cid, reply.error.reason)
+                continue
+            cid, data, weights[cid], reports[cid], signed[cid] = read_reply(reply.content)
+            messages[cid] = data
+        for c in sampled:
+            if c not in messages and c not in dropped:
+                dropped[c] = "straggler: no reply before the round deadline"
+        return Collected(messages, weights, sampled, dropped, attempt, signed, reports)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """Run config keys: `config` (resolved TOML path), `out` (run folder), `min-nodes`,
+    `wait` (s to wait for supernodes), `deadline` (s per round), `resume` (bool)."""
+    from fedmeta.report import write_report
+    from fedmeta.rundir import RunDir
+
+    rc = context.run_config
+    resume = bool(rc.get("resume", False))
+    if resume:
+        run, cfg = RunDir.open(str(rc["out"]))
+    else:
+        cfg = load_config(str(rc["config"]))
+        run = RunDir.create(str(rc["out"]), cfg)
+    sim = FlowerRuntime(cfg, grid, min_nodes=int(rc.get("min-nodes", cfg.federated.min_clients)),
+                        wait=float(rc.get("wait", 300)), deadline=float(rc.get("deadline", 3600)))
+    run_federated(cfg, run, resume=resume, show_progress=False, sim=sim)
+    write_report(run.path)
+
+
+# -- client ----------------------------------------------------------------------------------
+_runtimes: dict[tuple[str, str], Simulation] = {}
+
+
+def client_runtime(cfg_toml: str, node_config: dict[str, Any]) -> tuple[Simulation, int]:
+    """This supernode's runtime (the config's stages and its own data) and client id."""
+    try:
+        cid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except (KeyError, ValueError):
+        raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>") from None
+    data_dir = str(node_config.get("data-dir", ""))
+    key = (cfg_toml, data_dir)
+    if key not in _runtimes:
+        import tomllib
+
+        cfg = Config.model_validate(tomllib.loads(cfg_toml))
+        if data_dir:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": data_dir})})
+        check_deployable(cfg)
+        _runtimes.clear()
+        _runtimes[key] = Simulation(cfg)
+    sim = _runtimes[key]
+    n = len(sim.data.train)
+    if parts != n or not 0 <= cid < n:
+        raise ConfigError("node_config", f"partition-id={cid} num-partitions={parts}",
+                          f"num-partitions = federated.n_clients = {n}, 0 <= partition-id < {n}")
+    return sim, cid
+
+
+def client_key(sim: Simulation, node_config: dict[str, Any], cid: int):
+    """The client's Ed25519 key: node_config `key` (a PEM path), else `<ledger.client_keys>/<id>.pem`."""
+    path = node_config.get("key") or (
+        Path(sim.cfg.ledger.client_keys) / f"{cid}.pem" if sim.cfg.ledger.client_keys else None)
+    return None if path is None or not Path(path).is_file() else load_private_key(Path(path))
+
+
+def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any]) -> RecordDict:
+    """One client's round: local update → DP stage → wire encoding → signature."""
+    sim, cid = client_runtime(str(header["config"]), node_config)
+    if int(header["client"]) != cid:
+        raise ConfigError("partition-id", cid, f"the client the server addressed ({header['client']})")
+    r, attempt = int(header["round"]), int(header["attempt"])
+    sim.params = params
+    gen = sim.generator(r, attempt, stream=CLIENT_STREAM + cid)
+    delta = sim.local_deltas([cid], gen, r)[cid]
+    if isinstance(delta, Exception):
+        raise delta
+    data, report = sim.client_message(cid, r, delta, gen)
+    key = client_key(sim, node_config, cid) if header["run_id"] else None
+    signed = None if key is None else sign_update(key, str(header["run_id"]), r, str(cid), data)
+    weight = float(getattr(sim.data.train[cid], "n_examples", 1))
+    return train_reply(cid, data, weight, report, signed)
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
+    return Message(client_update(dict(msg.content[HEADER]), params, dict(context.node_config)), reply_to=msg)
+
+
+@client_app.query()
+def client_query(msg: Message, context: Context) -> Message:
+    _, cid = client_runtime(str(msg.content[HEADER]["config"]), dict(context.node_config))
+    return Message(RecordDict({HEADER: ConfigRecord({"client": cid})}), reply_to=msg)
+
+
+__all__ = ["FlowerRuntime", "check_deployable", "client_app", "server_app"]

@@ -1,0 +1,64 @@
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmeta.config import Config
+from fedmeta.deploy.flower import QUERY, TRAIN, client_query, client_train
+
+
+def make_config(data: str = "synthetic", privacy: dict | None = None, **federated) -> Config:
+    """A small federated config; keyword arguments override [federated] keys."""
+    fed = dict(rounds=2, n_clients=3, held_out_clients=2, clients_per_round=2, local_steps=2,
+               tasks_per_step=2, local_lr=0.05, eval_every=1)
+    fed.update(federated)
+    raw = {
+        "run": {"seed": 3},
+        "data": {"name": data, "k_shot": 5, "k_query": 5},
+        "model": {"name": "mlp", "hidden": [16, 16]},
+        "meta": {"algorithm": "fomaml", "inner_steps": 1, "inner_lr": 0.05, "eval_inner_steps": 2},
+        "federated": fed,
+        "privacy": privacy or {},
+    }
+    return Config.model_validate(raw)
+
+
+class LoopbackGrid:
+    """A Grid that hands each message to the ClientApp handlers in this process, as a
+    supernode with `partition-id = i` would; a handler's exception becomes an error reply."""
+
+    def __init__(self, n: int, node_config: dict | None = None):
+        self.contexts = {
+            100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config={},
+                             node_config={"partition-id": i, "num-partitions": n, **(node_config or {})})
+            for i in range(n)
+        }
+        self.sent: list[Message] = []
+        self.replies: list[Message] = []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        handlers = {TRAIN: client_train, QUERY: client_query}
+        out = []
+        for m in messages:
+            self.sent.append(m)
+            try:
+                out.append(handlers[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id]))
+            except Exception as err:
+                out.append(Message(error=Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=m))
+        self.replies.extend(out)
+        return out
+
+
+@pytest.fixture
+def config():
+    return make_config
+
+
+@pytest.fixture
+def grid_factory(monkeypatch):
+    """Server-side messages need the task identity the ServerApp process would have."""
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    return LoopbackGrid

@@ -1,0 +1,112 @@
+"""The ServerApp/ClientApp message handlers, called directly with Flower `Message`s: the
+deployment runtime reproduces the in-process run, its aggregate is the weighted mean of the
+clients' decoded updates, signatures travel with the updates, and unsupported options are
+one-line config errors."""
+
+import pytest
+import torch
+
+from fedmeta.deploy.flower import FlowerRuntime, check_deployable, read_reply
+from fedmeta.errors import ConfigError
+from fedmeta.federated.simulation import Simulation, run_federated
+from fedmeta.federated.wire import decode
+from fedmeta.ledger import keys, verify_ledger
+from fedmeta.rundir import RunDir
+
+EXAMPLE_DP = {"dp": "example", "noise_multiplier": 1.0, "example_sample_rate": 0.5, "clip_norm": 1.0,
+              "delta": 1e-5, "noise_seed": 7}
+
+
+@pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning")
+def test_example_dp_run_equals_the_in_process_run(config, grid_factory, tmp_path):
+    """Seeded example-level DP: each client's work depends only on (round, client), so both
+    runtimes must end with the same parameters, metrics and ε."""
+    cfg = config(privacy=EXAMPLE_DP)
+    local = run_federated(cfg, RunDir.create(tmp_path / "local", cfg), show_progress=False)
+    grid = grid_factory(3)
+    sim = FlowerRuntime(cfg, grid, min_nodes=3, wait=1)
+    run = RunDir.create(tmp_path / "flower", cfg)
+    deployed = run_federated(cfg, run, show_progress=False, sim=sim)
+    a, b = torch.load(tmp_path / "local" / "model.pt"), torch.load(run.path / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = Simulation(cfg).params
+    assert not all(torch.equal(a[k], start[k]) for k in a)  # the rounds did move the model
+    assert deployed["epsilon"] == local["epsilon"] > 0
+    assert deployed["final"] == local["final"]
+    assert [m["epsilon"] for m in RunDir(run.path).metrics()] == [m["epsilon"] for m in RunDir(tmp_path / "local").metrics()]
+    trains = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(trains) == cfg.federated.rounds * cfg.federated.clients_per_round  # one message per client per round
+
+
+def test_aggregate_is_the_weighted_mean_of_the_replies(config, grid_factory):
+    cfg = config("sinusoid", n_clients=4, clients_per_round=3, strategy="fedavg", server_lr=1.0)
+    grid = grid_factory(4)
+    sim = FlowerRuntime(cfg, grid, min_nodes=4, wait=1)
+    before = {k: v.clone() for k, v in sim.params.items()}
+    sim.run_round()
+    replies = [read_reply(m.content) for m in grid.replies if m.metadata.message_type == "train"]
+    assert sorted(r[0] for r in replies) == sim.sample_clients(sim.generator(1, 0))
+    total = sum(r[2] for r in replies)
+    for name, value in sim.params.items():
+        mean = sum(decode(r[1])[name].double() * r[2] for r in replies) / total  # plaintext reference
+        torch.testing.assert_close(value.double() - before[name].double(), mean, rtol=1e-5, atol=1e-6)
+
+
+def test_client_work_differs_between_clients(config, grid_factory):
+    cfg = config("sinusoid", n_clients=2, clients_per_round=2)
+    grid = grid_factory(2)
+    FlowerRuntime(cfg, grid, min_nodes=2, wait=1).run_round()
+    a, b = (decode(read_reply(m.content)[1]) for m in grid.replies[-2:])
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_signed_updates_verify_in_the_ledger(config, grid_factory, tmp_path, monkeypatch):
+    """Each client signs with its own key (node_config `key`); the server holds only the
+    registered public keys; a client whose key is not registered is refused and logged."""
+    monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
+    registered = {}
+    for cid in range(3):
+        key = keys.generate()
+        keys.save_private_key(key, tmp_path / f"{cid}.pem")
+        registered[str(cid)] = keys.public_key_hex(key)
+    registered["2"] = keys.public_key_hex(keys.generate())  # client 2 signs with a key the server does not know
+    cfg = config("sinusoid", clients_per_round=3)
+    cfg = cfg.model_copy(update={"ledger": cfg.ledger.model_copy(update={"enabled": True, "participants": registered})})
+    grid = grid_factory(3)
+    for i, ctx in enumerate(grid.contexts.values()):
+        ctx.node_config["key"] = str(tmp_path / f"{i}.pem")
+    run = RunDir.create(tmp_path / "run", cfg)
+    summary = run_federated(cfg, run, show_progress=False, sim=FlowerRuntime(cfg, grid, min_nodes=3, wait=1))
+    assert summary["rounds"] == 2
+    rows = [m for m in run.metrics() if m.get("split") == "test" and m["round"] > 0]
+    assert all(r["clients"] == 2 and r["rejected"][0]["client"] == 2 for r in rows)
+    assert "bad_signature" in rows[0]["rejected"][0]["reason"]
+    verify_ledger(run.path, public_key=summary["ledger"]["server_public_key"])
+
+
+def test_a_client_missing_from_the_federation_is_dropped(config, grid_factory):
+    cfg = config("sinusoid", n_clients=3, clients_per_round=3, min_clients=2)
+    sim = FlowerRuntime(cfg, grid_factory(3), min_nodes=2, wait=1)
+    del sim.nodes[1]
+    collected = sim.collect(1)
+    assert sorted(collected.messages) == [0, 2] and collected.dropped == {1: "no supernode holds this client"}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("privacy.secure_aggregation", "secagg"), ("federated.attack", "sign_flip"),
+    ("federated.dropout_rate", 0.1), ("federated.compression", "topk")])
+def test_unsupported_options_are_config_errors(config, field, value):
+    section, key = field.split(".")
+    cfg = config("sinusoid")
+    part = getattr(cfg, section).model_copy(update={key: value})
+    with pytest.raises(ConfigError) as err:
+        check_deployable(cfg.model_copy(update={section: part}))
+    assert err.value.field == field
+
+
+def test_a_wrong_partition_count_is_refused_at_registration(config, grid_factory):
+    cfg = config("sinusoid", n_clients=3)
+    grid = grid_factory(3, {"num-partitions": 5})
+    sim = FlowerRuntime(cfg, grid, min_nodes=3, wait=1)
+    assert sim.nodes == {}
+    assert len(grid.replies) == 3 and all("num-partitions" in r.error.reason for r in grid.replies)
