@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedmeta.cli import main
+from fedmeta.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SINUSOID = str(ROOT / "configs" / "sinusoid-maml.toml")
@@ -90,3 +91,9 @@ def test_default_demo_runs_with_dp_secagg_and_a_verifiable_ledger(tmp_path, monk
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("epsilon" in r for r in rows) and any(r.get("secagg_bytes_up") for r in rows)
     assert main(["ledger", "verify", str(out), "--public-key", summary["ledger"]["server_public_key"]]) == 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.run.name == path.stem
