@@ -29,9 +29,9 @@ def _register() -> None:
     """Attach every subcommand module to `app` (once)."""
     if _registered:
         return
-    from fedmeta.cli import data, keys, ledger, privacy, report, run  # noqa: F401  (run decorates `app`)
+    from fedmeta.cli import data, deploy, keys, ledger, privacy, report, run  # noqa: F401  (run decorates `app`)
 
-    for module in (privacy, ledger, keys, data, report):
+    for module in (privacy, ledger, keys, data, report, deploy):
         module.register(app)
     _registered.append(True)
 

@@ -148,13 +148,15 @@ def server_main(grid: Grid, context: Context) -> None:
     from fedmeta.report import write_report
     from fedmeta.rundir import RunDir
 
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP notes
     rc = context.run_config
+    out, config = Path(str(rc["out"])), Path(str(rc["config"]))
     resume = bool(rc.get("resume", False))
-    if resume:
-        run, cfg = RunDir.open(str(rc["out"]))
+    if resume or (out / "config.toml").resolve() == config.resolve():  # resumed, or made by the launcher
+        run, cfg = RunDir.open(out)
     else:
-        cfg = load_config(str(rc["config"]))
-        run = RunDir.create(str(rc["out"]), cfg)
+        cfg = load_config(config)
+        run = RunDir.create(out, cfg)
     sim = FlowerRuntime(cfg, grid, min_nodes=int(rc.get("min-nodes", cfg.federated.min_clients)),
                         wait=float(rc.get("wait", 300)), deadline=float(rc.get("deadline", 3600)))
     run_federated(cfg, run, resume=resume, show_progress=False, sim=sim)

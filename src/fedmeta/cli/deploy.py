@@ -1,0 +1,141 @@
+"""`fedmeta deploy local|app|superlink|supernode`: a config on Flower's deployment runtime."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedmeta.config import load_config
+from fedmeta.errors import BadInput
+
+deploy = typer.Typer(help="Run a federated config as a Flower server and real clients.", no_args_is_help=True)
+
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=v.")]
+Insecure = Annotated[bool, typer.Option(help="No TLS (loopback and tests only).")]
+Show = Annotated[bool, typer.Option("--print", help="Print the command instead of running it.")]
+
+
+def _config(config: Path | None, set_: list[str] | None, data_dir: str | None):
+    from fedmeta.deploy.flower import check_deployable
+
+    cfg = load_config(config, list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else []))
+    check_deployable(cfg)
+    return cfg
+
+
+def _tls(insecure: bool, ca: Path | None, cert: Path | None = None, key: Path | None = None):
+    from fedmeta.deploy.launch import TLS
+
+    if insecure == (ca is not None):
+        raise BadInput("--insecure", insecure, "either --insecure or a CA certificate (--ssl-ca-certfile / --root-certificates)")
+    for name, path in (("--ssl-ca-certfile", ca), ("--ssl-certfile", cert), ("--ssl-keyfile", key)):
+        if path is not None and not path.is_file():
+            raise BadInput(name, str(path), "an existing PEM file")
+    return None if insecure else TLS(ca, cert, key)
+
+
+def _run(cmd: list[str], show: bool) -> None:
+    if show:
+        print(shlex.join(cmd))
+        return
+    code = subprocess.call(cmd)
+    if code:
+        raise typer.Exit(code)
+
+
+@deploy.command()
+def local(
+    config: Annotated[Path | None, typer.Argument(help="Run config (TOML); none = built-in demo.")] = None,
+    clients: Annotated[int | None, typer.Option(help="Supernodes to start (default federated.n_clients).")] = None,
+    set_: Sets = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>-<time>).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Datasets folder (else $FEDMETA_DATA).")] = None,
+    deadline: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 3600.0,
+) -> None:
+    """Loopback federation: a superlink, N supernodes and `flwr run`, torn down at the end."""
+    from fedmeta.deploy.launch import run_local
+    from fedmeta.rundir import RunDir
+
+    cfg = _config(config, set_, data_dir)
+    n = cfg.federated.n_clients
+    clients = n if clients is None else clients
+    if not 1 <= clients <= n:
+        raise BadInput("--clients", clients, f"1 to federated.n_clients = {n}")
+    folder = RunDir.create(out, cfg).path  # refuses an existing run before anything starts
+    work = Path(tempfile.mkdtemp(prefix="fedmeta-deploy-"))
+    print(f"run folder: {folder}; Flower logs: {work / 'logs'}", file=sys.stderr)
+    run_local(folder / "config.toml", folder, clients, n, workdir=work, deadline=deadline)
+    shutil.rmtree(work, ignore_errors=True)
+    final = json.loads((folder / "summary.json").read_text())["final"]
+    figures = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float))
+    print(f"done: {figures}; report: {folder / 'report.html'}")
+
+
+@deploy.command()
+def app(
+    config: Annotated[Path | None, typer.Argument(help="Run config (TOML); none = built-in demo.")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder on the superlink's machine.")] = Path("runs/deploy"),
+    app_dir: Annotated[Path, typer.Option("--dir", help="Where to write the Flower app.")] = Path("fedmeta-app"),
+    set_: Sets = None,
+    min_nodes: Annotated[int | None, typer.Option(help="Supernodes to wait for (default federated.n_clients).")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for them.")] = 300.0,
+    deadline: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 3600.0,
+) -> None:
+    """Write the Flower app folder (resolved config inside) for `flwr run DIR fedmeta`."""
+    from fedmeta.deploy.launch import write_app
+
+    cfg = _config(config, set_, None)
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "config.toml").write_text(cfg.to_toml())
+    write_app(app_dir, {"config": str((app_dir / "config.toml").resolve()), "out": str(out.resolve()),
+                        "min-nodes": min_nodes or cfg.federated.n_clients, "wait": wait, "deadline": deadline})
+    print(f"flwr run {app_dir} <connection> --stream   (clients: num-partitions = {cfg.federated.n_clients})")
+
+
+@deploy.command()
+def superlink(
+    port: Annotated[int, typer.Option(help="HTTP port for supernodes and `flwr run`.")] = 9092,
+    insecure: Insecure = False,
+    ssl_ca_certfile: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="Superlink certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="Superlink private key (PEM).")] = None,
+    show: Show = False,
+) -> None:
+    """Start Flower's superlink (the server side), with TLS unless --insecure."""
+    from fedmeta.deploy.launch import superlink_command
+
+    _run(superlink_command(port, _tls(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)), show)
+
+
+@deploy.command()
+def supernode(
+    superlink: Annotated[str, typer.Option(help="Superlink address host:port.")],
+    partition_id: Annotated[int, typer.Option(help="Which client of the config's federation this is.")],
+    num_partitions: Annotated[int, typer.Option(help="federated.n_clients of the config.")],
+    port: Annotated[int, typer.Option(help="Local ClientApp API port (one per supernode).")] = 9094,
+    data_dir: Annotated[str | None, typer.Option(help="This owner's datasets folder.")] = None,
+    key: Annotated[Path | None, typer.Option(help="This client's Ed25519 signing key (PEM).")] = None,
+    insecure: Insecure = False,
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the superlink (PEM).")] = None,
+    show: Show = False,
+) -> None:
+    """Start a Flower supernode that acts as one client of the federation."""
+    from fedmeta.deploy.launch import supernode_command
+
+    if key is not None and not key.is_file():
+        raise BadInput("--key", str(key), "an existing PEM file (fedmeta keys create)")
+    node = {"partition-id": partition_id, "num-partitions": num_partitions}
+    node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve())) if v})
+    _run(supernode_command(superlink, port, node, _tls(insecure, root_certificates)), show)
+
+
+def register(app_: typer.Typer) -> None:
+    app_.add_typer(deploy, name="deploy")

@@ -1,0 +1,171 @@
+"""Command lines and files for Flower's deployment runtime (flwr 1.41), and a loopback
+federation (one superlink, N supernodes, `flwr run`) that is always torn down.
+
+- `write_app`: the Flower app folder `flwr run` ships to the superlink: a pyproject.toml
+  naming `fedmeta.deploy.flower:server_app` / `client_app` and the run config (config
+  path, run folder, deadlines). The code itself is the installed `fedmeta` package, so
+  the superlink and supernodes run with `--disable-runtime-dependency-installation`.
+- `superlink_command` / `supernode_command`: TLS certificates are passed through to
+  Flower's own flags (`--ssl-*` on the superlink, `--root-certificates` on supernodes);
+  `tls=None` means `--insecure`, for loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedmeta.errors import BadInput, FedmetaError
+
+CONNECTION = "fedmeta"  # the connection name written into $FLWR_HOME/config.toml
+
+
+@dataclass(frozen=True)
+class TLS:
+    """PEM files: the CA that signed the superlink's certificate, and (superlink side) its
+    certificate and private key."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def binary(name: str) -> str:
+    """A Flower executable: next to this Python (the same environment), else on PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if found is None:
+        raise BadInput("flwr", name, "Flower's executables installed (pip install flwr)")
+    return found
+
+
+def write_app(folder: Path, run_config: dict[str, Any]) -> Path:
+    """The app folder for `flwr run`; `run_config` becomes `[tool.flwr.app.config]`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
+        "[project]", 'name = "fedmeta-deploy"', 'version = "1.0.0"', "dependencies = []", "",
+        "[tool.hatch.build.targets.wheel]", 'packages = ["."]', "",
+        "[tool.flwr.app]", 'publisher = "fedmeta"', "",
+        "[tool.flwr.app.components]",
+        'serverapp = "fedmeta.deploy.flower:server_app"', 'clientapp = "fedmeta.deploy.flower:client_app"', "",
+        "[tool.flwr.app.config]", *(f"{k} = {_toml(v)}" for k, v in run_config.items()),
+    ]
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def write_connection(flwr_home: Path, address: str, tls: TLS | None) -> None:
+    """`$FLWR_HOME/config.toml` with one superlink connection named `fedmeta`."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = "insecure = true" if tls is None else f"root-certificates = {_toml(str(tls.ca))}"
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n')
+
+
+def superlink_command(port: int, tls: TLS | None = None) -> list[str]:
+    cmd = [binary("flower-superlink"), "--disable-runtime-dependency-installation", "--host", "0.0.0.0", "--port", str(port)]
+    if tls is None:
+        return [*cmd, "--insecure"]
+    if tls.cert is None or tls.key is None:
+        raise BadInput("--ssl-certfile", None, "the superlink's certificate and key with its CA certificate")
+    return [*cmd, "--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
+
+
+def supernode_command(superlink: str, port: int, node_config: dict[str, Any], tls: TLS | None = None) -> list[str]:
+    """`port` is the supernode's local ClientApp API (one per supernode on a machine)."""
+    config = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())
+    cmd = [binary("flower-supernode"), "--superlink", superlink, "--port", str(port), "--node-config", config]
+    return [*cmd, "--insecure"] if tls is None else [*cmd, "--root-certificates", str(tls.ca)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Child processes in their own sessions, logging to files; on exit every process
+    group is terminated (then killed), whatever happened."""
+
+    def __init__(self, logs: Path, env: dict[str, str]):
+        self.logs, self.env, self.children = logs, env, []
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.children.append((proc, out))
+        return proc
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc, _ in self.children:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        stop = time.monotonic() + 10
+        for proc, out in self.children:
+            try:
+                proc.wait(timeout=max(0.1, stop - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            out.close()
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    stop = time.monotonic() + timeout
+    while time.monotonic() < stop:
+        if proc.poll() is not None:
+            raise FedmetaError(f"{Path(proc.args[0]).name} exited with status {proc.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise FedmetaError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir: Path, deadline: float = 3600.0,
+              timeout: float = 3600.0) -> Path:
+    """A whole deployment on loopback: superlink, `clients` supernodes holding clients
+    0..clients−1 of the config's `partitions` (its federated.n_clients), `flwr run --stream`;
+    returns the run folder once summary.json is there. Logs stay in `workdir/logs`."""
+    port = free_port()
+    env = {**os.environ, "FLWR_HOME": str(workdir / "flwr-home"), "PYTHONUNBUFFERED": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    write_connection(workdir / "flwr-home", f"127.0.0.1:{port}", None)
+    app = write_app(workdir / "app", {"config": str(config.resolve()), "out": str(out.resolve()), "min-nodes": clients,
+                                      "wait": 300, "deadline": deadline})
+    with ExitStack() as stack:
+        procs = stack.enter_context(Processes(workdir / "logs", env))
+        link = procs.start("superlink", superlink_command(port))
+        wait_for_port(port, link)
+        for i in range(clients):
+            procs.start(f"supernode-{i}", supernode_command(
+                f"127.0.0.1:{port}", free_port(), {"partition-id": i, "num-partitions": partitions}))
+        runner = procs.start("flwr-run", [binary("flwr"), "run", str(app), CONNECTION, "--stream"])
+        try:
+            runner.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise FedmetaError(f"the deployment did not finish in {timeout:.0f} s; logs in {workdir / 'logs'}") from None
+    if not (out / "summary.json").is_file():
+        tail = (workdir / "logs" / "flwr-run.log").read_text(errors="replace").strip().splitlines()[-5:]
+        raise FedmetaError(f"the deployment ended without summary.json; logs in {workdir / 'logs'}: " + " | ".join(tail))
+    return out
