@@ -3,6 +3,8 @@ deployment runtime reproduces the in-process run, its aggregate is the weighted 
 clients' decoded updates, signatures travel with the updates, and unsupported options are
 one-line config errors."""
 
+import json
+
 import pytest
 import torch
 
@@ -110,3 +112,18 @@ def test_a_wrong_partition_count_is_refused_at_registration(config, grid_factory
     sim = FlowerRuntime(cfg, grid, min_nodes=3, wait=1)
     assert sim.nodes == {}
     assert len(grid.replies) == 3 and all("num-partitions" in r.error.reason for r in grid.replies)
+
+
+def test_server_app_entry_writes_a_complete_run_folder(config, grid_factory, tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from fedmeta.deploy.flower import server_main
+
+    cfg = config("sinusoid", rounds=1)
+    (tmp_path / "cfg.toml").write_text(cfg.to_toml())
+    rc = {"config": str(tmp_path / "cfg.toml"), "out": str(tmp_path / "run"), "min-nodes": 3, "wait": 1.0,
+          "deadline": 10.0, "resume": False}
+    server_main(grid_factory(3), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds"] == 1 and (tmp_path / "run" / "report.html").is_file()
+    assert [m["round"] for m in RunDir(tmp_path / "run").metrics() if m["split"] == "test"] == [0, 1]

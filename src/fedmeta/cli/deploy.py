@@ -96,7 +96,8 @@ def app(
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "config.toml").write_text(cfg.to_toml())
     write_app(app_dir, {"config": str((app_dir / "config.toml").resolve()), "out": str(out.resolve()),
-                        "min-nodes": min_nodes or cfg.federated.n_clients, "wait": wait, "deadline": deadline})
+                        "min-nodes": min_nodes or cfg.federated.n_clients, "wait": wait, "deadline": deadline,
+                        "resume": False})
     print(f"flwr run {app_dir} <connection> --stream   (clients: num-partitions = {cfg.federated.n_clients})")
 
 

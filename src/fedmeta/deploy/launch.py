@@ -152,7 +152,7 @@ def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     write_connection(workdir / "flwr-home", f"127.0.0.1:{port}", None)
     app = write_app(workdir / "app", {"config": str(config.resolve()), "out": str(out.resolve()), "min-nodes": clients,
-                                      "wait": 300, "deadline": deadline})
+                                      "wait": 300, "deadline": deadline, "resume": False})
     with ExitStack() as stack:
         procs = stack.enter_context(Processes(workdir / "logs", env))
         link = procs.start("superlink", superlink_command(port))
