@@ -1,7 +1,7 @@
 """A real deployment on loopback: `fedmeta deploy local` starts flower-superlink, three
 flower-supernode processes and `flwr run`; the run folder must hold what an in-process run
-of the same config holds, with the same final parameters (seeded example-level DP), and a
-ledger that verifies. Every Flower process is torn down, also on failure."""
+of the same config holds, with the same final parameters (seeded example-level DP, top-k
+residuals kept by each supernode), and a ledger that verifies. Every Flower process is torn down, also on failure."""
 
 import json
 
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureN
 def test_loopback_deployment_equals_the_in_process_run(config, tmp_path, monkeypatch):
     monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
     cfg = config(privacy={"dp": "example", "noise_multiplier": 1.0, "example_sample_rate": 0.5,
-                               "clip_norm": 1.0, "delta": 1e-5, "noise_seed": 7})
+                               "clip_norm": 1.0, "delta": 1e-5, "noise_seed": 7},
+                 rounds=3, compression="topk", topk_fraction=0.3)  # the residual must live in each node's context
     cfg = cfg.model_copy(update={"ledger": cfg.ledger.model_copy(update={"enabled": True})})
     (tmp_path / "cfg.toml").write_text(cfg.to_toml())
     assert main(["run", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "local"), "--no-progress"]) == 0

@@ -20,10 +20,12 @@ EXAMPLE_DP = {"dp": "example", "noise_multiplier": 1.0, "example_sample_rate": 0
 
 
 @pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning")
-def test_example_dp_run_equals_the_in_process_run(config, grid_factory, tmp_path):
+@pytest.mark.parametrize("compression", ["none", "topk"])
+def test_example_dp_run_equals_the_in_process_run(config, grid_factory, tmp_path, compression):
     """Seeded example-level DP: each client's work depends only on (round, client), so both
-    runtimes must end with the same parameters, metrics and ε."""
-    cfg = config(privacy=EXAMPLE_DP)
+    runtimes must end with the same parameters, metrics and ε; top-k's residual must carry
+    over between a client's rounds in its Flower context as it does in-process."""
+    cfg = config(privacy=EXAMPLE_DP, rounds=3, compression=compression, topk_fraction=0.3)
     local = run_federated(cfg, RunDir.create(tmp_path / "local", cfg), show_progress=False)
     grid = grid_factory(3)
     sim = FlowerRuntime(cfg, grid, min_nodes=3, wait=1)
@@ -96,7 +98,7 @@ def test_a_client_missing_from_the_federation_is_dropped(config, grid_factory):
 
 @pytest.mark.parametrize(("field", "value"), [
     ("privacy.secure_aggregation", "secagg"), ("federated.attack", "sign_flip"),
-    ("federated.dropout_rate", 0.1), ("federated.compression", "topk")])
+    ("federated.dropout_rate", 0.1), ("federated.straggler_rate", 0.1)])
 def test_unsupported_options_are_config_errors(config, field, value):
     section, key = field.split(".")
     cfg = config("sinusoid")
@@ -127,3 +129,22 @@ def test_server_app_entry_writes_a_complete_run_folder(config, grid_factory, tmp
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rounds"] == 1 and (tmp_path / "run" / "report.html").is_file()
     assert [m["round"] for m in RunDir(tmp_path / "run").metrics() if m["split"] == "test"] == [0, 1]
+
+
+def test_clients_clip_with_the_servers_adapted_clip_norm(config, grid_factory):
+    """Adaptive clipping: every update is longer than the tiny initial C, so all come back
+    with norm exactly C; the server then raises C, and round 2's updates must have the new C."""
+    privacy = {"dp": "central", "noise_multiplier": 0.0, "clip_norm": 1e-4, "clipping": "adaptive",
+               "clip_learning_rate": 0.5}
+    cfg = config("sinusoid", n_clients=3, clients_per_round=3, privacy=privacy)
+    grid = grid_factory(3)
+    sim = FlowerRuntime(cfg, grid, min_nodes=3, wait=1)
+    clips = []
+    for _ in range(2):
+        clips.append(sim.aggregation.clip_norm)
+        sim.run_round()
+    assert clips[1] > clips[0] * 1.1
+    trains = [read_reply(m.content) for m in grid.replies if m.metadata.message_type == "train"]  # 3 per round
+    for r, clip in zip((1, 2), clips, strict=True):
+        norms = [torch.cat([t.reshape(-1) for t in decode(rep[1]).values()]).norm().item() for rep in trains[3 * (r - 1) : 3 * r]]
+        assert norms == pytest.approx([clip] * 3, rel=1e-4)

@@ -21,6 +21,7 @@ different episodes (in-process draws all clients' episodes from one round stream
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ log = logging.getLogger("fedmeta.deploy")
 TRAIN, QUERY = "train", "query"
 CLIENT_STREAM = 4  # generator streams 0-3 belong to the in-process runtime
 HEADER, PARAMS, UPDATE = "header", "params", "update"
+CODEC = "fedmeta.codec"  # a client's compression state (top-k residual) in its Flower context
 
 
 def check_deployable(cfg: Config) -> None:
@@ -52,10 +54,6 @@ def check_deployable(cfg: Config) -> None:
     if dp.secure_aggregation != "off":
         raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation,
                           "'off' with fedmeta deploy (secure sums are not carried over Flower yet)")
-    if dp.dp != "off" and dp.clipping != "fixed":
-        raise ConfigError("privacy.clipping", dp.clipping, "'fixed' with fedmeta deploy (the adaptive clip norm is not sent yet)")
-    if fed.compression == "topk":
-        raise ConfigError("federated.compression", fed.compression, "'none' or 'int8' with fedmeta deploy (top-k keeps a residual per client)")
     if fed.attack != "none":
         raise ConfigError("federated.attack", fed.attack, "'none' with fedmeta deploy (attacks are simulated in-process only)")
     for name in ("dropout_rate", "straggler_rate"):
@@ -64,8 +62,11 @@ def check_deployable(cfg: Config) -> None:
 
 
 # -- the wire: plain values <-> Flower records ----------------------------------------------
-def train_request(cfg_toml: str, params: Params, round_: int, attempt: int, cid: int, run_id: str | None) -> RecordDict:
-    header = {"config": cfg_toml, "round": round_, "attempt": attempt, "client": cid, "run_id": run_id or ""}
+def train_request(cfg_toml: str, params: Params, round_: int, attempt: int, cid: int, run_id: str | None,
+                  aggregation: dict[str, Any]) -> RecordDict:
+    """`aggregation`: the server's `Aggregation.state_dict()` (adaptive clipping's current C)."""
+    header = {"config": cfg_toml, "round": round_, "attempt": attempt, "client": cid, "run_id": run_id or "",
+              "aggregation": json.dumps(aggregation)}
     return RecordDict({HEADER: ConfigRecord(header), PARAMS: ArrayRecord(torch_state_dict=params)})
 
 
@@ -120,7 +121,8 @@ class FlowerRuntime(Simulation):
         sampled = self.sample_clients(self.generator(round_, attempt))
         dropped = {c: "no supernode holds this client" for c in sampled if c not in self.nodes}
         run_id = getattr(self, "run_id", None) if self.signing is not None else None
-        asks = [Message(train_request(self.toml, self.params, round_, attempt, c, run_id), dst_node_id=self.nodes[c],
+        state = self.aggregation.state_dict()
+        asks = [Message(train_request(self.toml, self.params, round_, attempt, c, run_id, state), dst_node_id=self.nodes[c],
                         message_type=TRAIN, group_id=f"{round_}.{attempt}") for c in sampled if c in self.nodes]
         messages, weights, reports, signed = {}, {}, {}, {}
         for reply in self.grid.send_and_receive(asks, timeout=self.deadline):
@@ -199,18 +201,23 @@ def client_key(sim: Simulation, node_config: dict[str, Any], cid: int):
     return None if path is None or not Path(path).is_file() else load_private_key(Path(path))
 
 
-def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any]) -> RecordDict:
-    """One client's round: local update → DP stage → wire encoding → signature."""
+def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any], state: RecordDict) -> RecordDict:
+    """One client's round: local update → DP stage → wire encoding → signature. `state` is
+    the node's Flower context state, which keeps its compression residual between rounds."""
     sim, cid = client_runtime(str(header["config"]), node_config)
     if int(header["client"]) != cid:
         raise ConfigError("partition-id", cid, f"the client the server addressed ({header['client']})")
     r, attempt = int(header["round"]), int(header["attempt"])
     sim.params = params
+    sim.aggregation.load_state_dict(json.loads(str(header["aggregation"])))
+    sim.codec_state = {cid: state[CODEC].to_torch_state_dict()} if CODEC in state else {}
     gen = sim.generator(r, attempt, stream=CLIENT_STREAM + cid)
     delta = sim.local_deltas([cid], gen, r)[cid]
     if isinstance(delta, Exception):
         raise delta
     data, report = sim.client_message(cid, r, delta, gen)
+    if isinstance(residual := sim.codec_state[cid], dict):
+        state[CODEC] = ArrayRecord(torch_state_dict=residual)
     key = client_key(sim, node_config, cid) if header["run_id"] else None
     signed = None if key is None else sign_update(key, str(header["run_id"]), r, str(cid), data)
     weight = float(getattr(sim.data.train[cid], "n_examples", 1))
@@ -223,7 +230,8 @@ client_app = ClientApp()
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
     params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
-    return Message(client_update(dict(msg.content[HEADER]), params, dict(context.node_config)), reply_to=msg)
+    reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state)
+    return Message(reply, reply_to=msg)
 
 
 @client_app.query()
