@@ -148,3 +148,13 @@ def test_clients_clip_with_the_servers_adapted_clip_norm(config, grid_factory):
     for r, clip in zip((1, 2), clips, strict=True):
         norms = [torch.cat([t.reshape(-1) for t in decode(rep[1]).values()]).norm().item() for rep in trains[3 * (r - 1) : 3 * r]]
         assert norms == pytest.approx([clip] * 3, rel=1e-4)
+
+
+def test_a_client_refuses_a_config_other_than_its_pinned_copy(config, grid_factory, tmp_path):
+    cfg = config("sinusoid", n_clients=2, clients_per_round=2)
+    (tmp_path / "mine.toml").write_text(cfg.to_toml())
+    changed = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"dp": "central", "noise_multiplier": 0.1})})
+    grid = grid_factory(2, {"config": str(tmp_path / "mine.toml")})
+    assert FlowerRuntime(cfg, grid, min_nodes=2, wait=1).nodes == {0: 100, 1: 101}
+    assert FlowerRuntime(changed, grid, min_nodes=2, wait=1).nodes == {}
+    assert "pinned" in grid.replies[-1].error.reason

@@ -124,6 +124,7 @@ def supernode(
     port: Annotated[int, typer.Option(help="Local ClientApp API port (one per supernode).")] = 9094,
     data_dir: Annotated[str | None, typer.Option(help="This owner's datasets folder.")] = None,
     key: Annotated[Path | None, typer.Option(help="This client's Ed25519 signing key (PEM).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Refuse any server config but this one (TOML).")] = None,
     insecure: Insecure = False,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the superlink (PEM).")] = None,
     show: Show = False,
@@ -133,8 +134,11 @@ def supernode(
 
     if key is not None and not key.is_file():
         raise BadInput("--key", str(key), "an existing PEM file (fedmeta keys create)")
+    if config is not None:
+        _config(config, None, None)  # a pinned config must itself be valid and deployable
     node = {"partition-id": partition_id, "num-partitions": num_partitions}
-    node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve())) if v})
+    pinned = config and config.resolve()
+    node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve()), ("config", pinned)) if v})
     _run(supernode_command(superlink, port, node, _tls(insecure, root_certificates)), show)
 
 

@@ -166,21 +166,29 @@ def server_main(grid: Grid, context: Context) -> None:
 
 
 # -- client ----------------------------------------------------------------------------------
-_runtimes: dict[tuple[str, str], Simulation] = {}
+_runtimes: dict[tuple[str, str, str], Simulation] = {}  # one entry: the config this process serves
+
+
+def without_data_dir(cfg: Config) -> Config:
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": None})})
 
 
 def client_runtime(cfg_toml: str, node_config: dict[str, Any]) -> tuple[Simulation, int]:
-    """This supernode's runtime (the config's stages and its own data) and client id."""
+    """This supernode's runtime (the config's stages and its own data) and client id. An
+    owner that pinned its own copy of the config (node_config `config`, a TOML path)
+    refuses any other config from the server (its data folder aside)."""
     try:
         cid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
     except (KeyError, ValueError):
         raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>") from None
-    data_dir = str(node_config.get("data-dir", ""))
-    key = (cfg_toml, data_dir)
+    data_dir, pinned = str(node_config.get("data-dir", "")), str(node_config.get("config", ""))
+    key = (cfg_toml, data_dir, pinned)
     if key not in _runtimes:
         import tomllib
 
         cfg = Config.model_validate(tomllib.loads(cfg_toml))
+        if pinned and without_data_dir(load_config(pinned)) != without_data_dir(cfg):
+            raise ConfigError("config", str(pinned), "the same config as the server's (this client pinned its own copy)")
         if data_dir:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": data_dir})})
         check_deployable(cfg)
