@@ -35,3 +35,46 @@ def test_loopback_deployment_equals_the_in_process_run(config, tmp_path, monkeyp
     assert rows == [(m["round"], m["split"], m["epsilon"], m["bytes_up"]) for m in local.metrics()]
     verify_ledger(flower.path, public_key=sb["ledger"]["server_public_key"])
     assert (flower.path / "report.html").is_file()
+
+
+def certificates(folder):
+    """A throwaway CA and a superlink certificate for 127.0.0.1 signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+
+    def issue(subject, public, extension, critical):
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public)
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(hours=1)).add_extension(extension, critical=critical)
+                .sign(ca_key, hashes.SHA256()))
+
+    ca = issue(ca_name, ca_key.public_key(), x509.BasicConstraints(ca=True, path_length=None), True)
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = issue(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), key.public_key(), san, False)
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+
+
+@pytest.mark.slow
+def test_loopback_deployment_over_tls(config, tmp_path):
+    from fedmeta.deploy.launch import TLS, run_local
+
+    cfg = config("sinusoid", rounds=1)
+    run = RunDir.create(tmp_path / "run", cfg)
+    run_local(run.path / "config.toml", run.path, 3, 3, workdir=tmp_path / "work", tls=TLS(*certificates(tmp_path)),
+              timeout=300)
+    assert json.loads((run.path / "summary.json").read_text())["rounds"] == 1
+    link = (tmp_path / "work" / "logs" / "superlink.log").read_text()
+    assert "running on https://" in link and "TLS disabled" not in link

@@ -72,7 +72,7 @@ def write_app(folder: Path, run_config: dict[str, Any]) -> Path:
 def write_connection(flwr_home: Path, address: str, tls: TLS | None) -> None:
     """`$FLWR_HOME/config.toml` with one superlink connection named `fedmeta`."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    security = "insecure = true" if tls is None else f"root-certificates = {_toml(str(tls.ca))}"
+    security = "insecure = true" if tls is None else f"root-certificates = {_toml(str(tls.ca.resolve()))}"
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n')
 
@@ -143,23 +143,24 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
 
 
 def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir: Path, deadline: float = 3600.0,
-              timeout: float = 3600.0) -> Path:
+              timeout: float = 3600.0, tls: TLS | None = None) -> Path:
     """A whole deployment on loopback: superlink, `clients` supernodes holding clients
     0..clients−1 of the config's `partitions` (its federated.n_clients), `flwr run --stream`;
-    returns the run folder once summary.json is there. Logs stay in `workdir/logs`."""
+    returns the run folder once summary.json is there. Logs stay in `workdir/logs`. With
+    `tls`, its certificate must name 127.0.0.1."""
     port = free_port()
     env = {**os.environ, "FLWR_HOME": str(workdir / "flwr-home"), "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    write_connection(workdir / "flwr-home", f"127.0.0.1:{port}", None)
+    write_connection(workdir / "flwr-home", f"127.0.0.1:{port}", tls)
     app = write_app(workdir / "app", {"config": str(config.resolve()), "out": str(out.resolve()), "min-nodes": clients,
                                       "wait": 300, "deadline": deadline, "resume": False})
     with ExitStack() as stack:
         procs = stack.enter_context(Processes(workdir / "logs", env))
-        link = procs.start("superlink", superlink_command(port))
+        link = procs.start("superlink", superlink_command(port, tls))
         wait_for_port(port, link)
         for i in range(clients):
             procs.start(f"supernode-{i}", supernode_command(
-                f"127.0.0.1:{port}", free_port(), {"partition-id": i, "num-partitions": partitions}))
+                f"127.0.0.1:{port}", free_port(), {"partition-id": i, "num-partitions": partitions}, tls))
         runner = procs.start("flwr-run", [binary("flwr"), "run", str(app), CONNECTION, "--stream"])
         try:
             runner.wait(timeout=timeout)
