@@ -89,6 +89,8 @@ class FlowerRuntime(Simulation):
     """The in-process runtime with `collect` over a Flower `Grid`: same sampling, same
     server stages; the clients' work happens on their supernodes."""
 
+    holds_client_keys = False  # clients sign on their own machines; the server has public keys only
+
     def __init__(self, cfg: Config, grid: Grid, *, min_nodes: int, wait: float = 300.0, deadline: float = 3600.0):
         check_deployable(cfg)
         super().__init__(cfg)

@@ -296,6 +296,7 @@ class Simulation:
 
     # -- signed updates (Ed25519 over the SHA-256 of the exact bytes sent) ----------------
     signing: UpdateVerifier | None = None
+    holds_client_keys = True  # simulated clients sign with `ledger.client_keys`; remote ones with their own
 
     def enable_signing(self, run_id: str, keys_dir: str | None, registered: dict[str, str]) -> None:
         """Clients sign with `<keys_dir>/<client id>.pem`; the server accepts only updates
@@ -482,8 +483,7 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
                   sim: Simulation | None = None) -> dict:
     """Drive a federated run to the end, logging, checkpointing and summarising. `sim` is
     the runtime (default: an in-process `Simulation(cfg)`); a deployment passes one whose
-    `collect` reaches real clients and whose clients sign with their own keys."""
-    remote = sim is not None
+    `collect` reaches real clients, which sign with their own keys."""
     sim = Simulation(cfg) if sim is None else sim
     fed = cfg.federated
     use_threads(cfg, sim.batching)
@@ -493,8 +493,9 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         sim.load_state_dict(state["simulation"])
         elapsed = state["elapsed"]
     record = RunRecord(cfg, run.path, sim.params, resume=resume) if cfg.ledger.enabled else None
-    if record is not None and (cfg.ledger.client_keys or (remote and cfg.ledger.participants)):
-        sim.enable_signing(record.run_id, None if remote else cfg.ledger.client_keys, cfg.ledger.participants)
+    keys = cfg.ledger.client_keys if sim.holds_client_keys else None
+    if record is not None and (keys or (not sim.holds_client_keys and cfg.ledger.participants)):
+        sim.enable_signing(record.run_id, keys, cfg.ledger.participants)
     if sim.affordable_rounds is not None and sim.affordable_rounds < fed.rounds:
         print(f"privacy budget: target ε = {cfg.privacy.target_epsilon} at δ = {cfg.privacy.delta} allows "
               f"{sim.affordable_rounds} of federated.rounds = {fed.rounds}; the run will stop there", file=sys.stderr)
