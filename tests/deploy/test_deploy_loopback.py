@@ -15,7 +15,6 @@ from fedmeta.rundir import RunDir
 pytestmark = pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning")
 
 
-@pytest.mark.slow
 def test_loopback_deployment_equals_the_in_process_run(config, tmp_path, monkeypatch):
     monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
     cfg = config(privacy={"dp": "example", "noise_multiplier": 1.0, "example_sample_rate": 0.5,
