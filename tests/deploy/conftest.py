@@ -3,7 +3,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import Config
-from fedmeta.deploy.flower import QUERY, TRAIN, client_query, client_train
+from fedmeta.deploy.flower import QUERY, TRAIN, client_query, client_secagg, client_train
+from fedmeta.deploy.secagg import MASKED_INPUT, SHARE_KEYS, UNMASK
 
 
 def make_config(data: str = "synthetic", privacy: dict | None = None, **federated) -> Config:
@@ -26,7 +27,9 @@ class LoopbackGrid:
     """A Grid that hands each message to the ClientApp handlers in this process, as a
     supernode with `partition-id = i` would; a handler's exception becomes an error reply."""
 
-    def __init__(self, n: int, node_config: dict | None = None):
+    def __init__(self, n: int, node_config: dict | None = None, silent: dict[str, set[int]] | None = None):
+        """`silent[kind]`: partition ids that never answer messages of that kind (dropouts)."""
+        self.silent = silent or {}
         self.contexts = {
             100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config={},
                              node_config={"partition-id": i, "num-partitions": n, **(node_config or {})})
@@ -39,10 +42,12 @@ class LoopbackGrid:
         return list(self.contexts)
 
     def send_and_receive(self, messages, *, timeout=None):
-        handlers = {TRAIN: client_train, QUERY: client_query}
+        handlers = {TRAIN: client_train, QUERY: client_query, **dict.fromkeys((SHARE_KEYS, MASKED_INPUT, UNMASK), client_secagg)}
         out = []
         for m in messages:
             self.sent.append(m)
+            if m.metadata.dst_node_id - 100 in self.silent.get(m.metadata.message_type, ()):
+                continue
             try:
                 out.append(handlers[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id]))
             except Exception as err:

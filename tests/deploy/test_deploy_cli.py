@@ -7,8 +7,8 @@ import tomllib
 from fedmeta.cli import main
 
 
-def test_secure_aggregation_is_refused_before_anything_starts(tmp_path, capsys):
-    code = main(["deploy", "local", "--set", "privacy.secure_aggregation='secagg'", "--out", str(tmp_path / "r")])
+def test_ckks_is_refused_before_anything_starts(tmp_path, capsys):
+    code = main(["deploy", "local", "--set", "privacy.secure_aggregation='ckks'", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "privacy.secure_aggregation" in err
     assert not (tmp_path / "r").exists()

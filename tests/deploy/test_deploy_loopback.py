@@ -36,6 +36,25 @@ def test_loopback_deployment_equals_the_in_process_run(config, tmp_path, monkeyp
     assert (flower.path / "report.html").is_file()
 
 
+@pytest.mark.slow
+def test_loopback_deployment_with_secagg_plus_equals_the_in_process_run(config, tmp_path, monkeypatch):
+    """Four exchanges per round between real processes; the secure sum of the same updates
+    in-process gives the same model (to fixed-point precision)."""
+    monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
+    cfg = config(privacy={"dp": "example", "noise_multiplier": 1.0, "example_sample_rate": 0.5, "clip_norm": 1.0,
+                          "delta": 1e-5, "noise_seed": 7, "secure_aggregation": "secagg+", "secagg_clip": 2.0},
+                 rounds=2, clients_per_round=3)
+    (tmp_path / "cfg.toml").write_text(cfg.to_toml())
+    assert main(["run", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+    assert main(["deploy", "local", str(tmp_path / "cfg.toml"), "--clients", "3", "--out", str(tmp_path / "flower")]) == 0
+    local, flower = RunDir(tmp_path / "local"), RunDir(tmp_path / "flower")
+    a, b = torch.load(local.path / "model.pt"), torch.load(flower.path / "model.pt")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    rounds = [m for m in flower.metrics() if m["split"] == "test" and m["round"] > 0]
+    assert [m["secagg_included"] for m in rounds] == [3, 3] and all(len(m["secagg_bytes_up"]) == 4 for m in rounds)
+    assert [m["epsilon"] for m in rounds] == [m["epsilon"] for m in local.metrics() if m["split"] == "test" and m["round"] > 0]
+
+
 def certificates(folder):
     """A throwaway CA and a superlink certificate for 127.0.0.1 signed by it (PEM files)."""
     import datetime

@@ -64,9 +64,11 @@ def test_client_work_differs_between_clients(config, grid_factory):
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_signed_updates_verify_in_the_ledger(config, grid_factory, tmp_path, monkeypatch):
+@pytest.mark.parametrize("secure", ["off", "secagg+"])
+def test_signed_updates_verify_in_the_ledger(config, grid_factory, tmp_path, monkeypatch, secure):
     """Each client signs with its own key (node_config `key`); the server holds only the
-    registered public keys; a client whose key is not registered is refused and logged."""
+    registered public keys; a client whose key is not registered is refused and logged (with
+    secure aggregation: its masked input is signed, and refused before unmasking)."""
     monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
     registered = {}
     for cid in range(3):
@@ -74,7 +76,7 @@ def test_signed_updates_verify_in_the_ledger(config, grid_factory, tmp_path, mon
         keys.save_private_key(key, tmp_path / f"{cid}.pem")
         registered[str(cid)] = keys.public_key_hex(key)
     registered["2"] = keys.public_key_hex(keys.generate())  # client 2 signs with a key the server does not know
-    cfg = config("sinusoid", clients_per_round=3)
+    cfg = config("sinusoid", clients_per_round=3, privacy={"secure_aggregation": secure})
     cfg = cfg.model_copy(update={"ledger": cfg.ledger.model_copy(update={"enabled": True, "participants": registered})})
     grid = grid_factory(3)
     for i, ctx in enumerate(grid.contexts.values()):
@@ -97,7 +99,7 @@ def test_a_client_missing_from_the_federation_is_dropped(config, grid_factory):
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("privacy.secure_aggregation", "secagg"), ("federated.attack", "sign_flip"),
+    ("privacy.secure_aggregation", "ckks"), ("federated.attack", "sign_flip"),
     ("federated.dropout_rate", 0.1), ("federated.straggler_rate", 0.1)])
 def test_unsupported_options_are_config_errors(config, field, value):
     section, key = field.split(".")

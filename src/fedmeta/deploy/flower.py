@@ -8,7 +8,9 @@ parameters + round header) and gets ONE reply (the encoded, privatized, optional
 update and its weight). Everything after that — signature and `check_update` validation,
 `Aggregation` (DP / robust sums), the strategy, the accountant, the ledger, checkpoints,
 metrics, evaluation — is `run_federated` unchanged. One `query` message per node at the
-start maps Flower node ids to client ids (the node's `partition-id`).
+start maps Flower node ids to client ids (the node's `partition-id`). With secure
+aggregation (SecAgg / SecAgg+) a round is four exchanges driving the protocol's state
+machines (`secagg.py`), and the server passes only the unmasked sum to `Aggregation`.
 
 A client builds the same `Simulation` from the config the server sends, picks its own
 client (`partition-id` of its supernode's `node_config`), draws its episodes from its own
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +36,17 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedmeta.config import Config, load_config
+from fedmeta.deploy import secagg
+from fedmeta.deploy.secagg import MASKED_INPUT, PAYLOAD, PROTOCOL, SHARE_KEYS, UNMASK
 from fedmeta.errors import ConfigError, FedmetaError
-from fedmeta.federated.simulation import Collected, Simulation, run_federated
+from fedmeta.federated.flatten import unflatten
+from fedmeta.federated.secure import GRAPHS, threshold_for
+from fedmeta.federated.simulation import Collected, NotEnoughClients, Simulation, run_federated
+from fedmeta.federated.validation import check_update
 from fedmeta.ledger.commitments import SignedUpdate, sign_update
 from fedmeta.ledger.keys import load_private_key
 from fedmeta.meta import Params
+from fedmeta.privacy.secagg.protocol import SecAggAbort, SecAggConfig, SecAggServer
 
 log = logging.getLogger("fedmeta.deploy")
 
@@ -51,9 +61,9 @@ def check_deployable(cfg: Config) -> None:
     fed, dp = cfg.federated, cfg.privacy
     if fed is None:
         raise ConfigError("federated", None, "a [federated] section (deployment runs are federated)")
-    if dp.secure_aggregation != "off":
+    if dp.secure_aggregation == "ckks":
         raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation,
-                          "'off' with fedmeta deploy (secure sums are not carried over Flower yet)")
+                          "'off', 'secagg' or 'secagg+' with fedmeta deploy (CKKS sums are not carried over Flower yet)")
     if fed.attack != "none":
         raise ConfigError("federated.attack", fed.attack, "'none' with fedmeta deploy (attacks are simulated in-process only)")
     for name in ("dropout_rate", "straggler_rate"):
@@ -96,6 +106,7 @@ class FlowerRuntime(Simulation):
         super().__init__(cfg)
         self.grid, self.deadline, self.toml = grid, deadline, cfg.to_toml()
         self.nodes = self.register(min_nodes, wait)  # client id -> node id
+        self.costs: dict[str, Any] = {}  # the last secure round's
 
     def register(self, min_nodes: int, wait: float) -> dict[int, int]:
         """Wait for `min_nodes` supernodes, then ask each which client it is (one exchange)."""
@@ -119,27 +130,133 @@ class FlowerRuntime(Simulation):
         log.info("clients on supernodes: %s", dict(sorted(nodes.items())))
         return nodes
 
+    @property
+    def secure(self) -> bool:
+        return self.cfg.privacy.secure_aggregation in GRAPHS
+
     def collect(self, round_: int, attempt: int = 0) -> Collected:
         sampled = self.sample_clients(self.generator(round_, attempt))
         dropped = {c: "no supernode holds this client" for c in sampled if c not in self.nodes}
-        run_id = getattr(self, "run_id", None) if self.signing is not None else None
-        state = self.aggregation.state_dict()
-        asks = [Message(train_request(self.toml, self.params, round_, attempt, c, run_id, state), dst_node_id=self.nodes[c],
-                        message_type=TRAIN, group_id=f"{round_}.{attempt}") for c in sampled if c in self.nodes]
+        if self.secure:
+            return self.collect_secure(round_, attempt, sampled, dropped)
+        asks = {c: self.train_request(round_, attempt, c) for c in sampled if c in self.nodes}
         messages, weights, reports, signed = {}, {}, {}, {}
-        for reply in self.grid.send_and_receive(asks, timeout=self.deadline):
-            if reply.has_error():
-                node = reply.metadata.src_node_id
-                cid = next(c for c, n in self.nodes.items() if n == node)
-                dropped[cid] = f"failed: {reply.error.reason}"
-                log.warning("round %d: client %d failed: %s", round_, cid, reply.error.reason)
-                continue
-            cid, data, weights[cid], reports[cid], signed[cid] = read_reply(reply.content)
-            messages[cid] = data
-        for c in sampled:
-            if c not in messages and c not in dropped:
-                dropped[c] = "straggler: no reply before the round deadline"
+        for cid, content in self.exchange(TRAIN, asks, f"{round_}.{attempt}", dropped).items():
+            _, messages[cid], weights[cid], reports[cid], signed[cid] = read_reply(content)
         return Collected(messages, weights, sampled, dropped, attempt, signed, reports)
+
+    def train_request(self, round_: int, attempt: int, cid: int) -> RecordDict:
+        run_id = getattr(self, "run_id", None) if self.signing is not None else None
+        return train_request(self.toml, self.params, round_, attempt, cid, run_id, self.aggregation.state_dict())
+
+    def exchange(self, kind: str, asks: dict[int, RecordDict], group: str, dropped: dict[int, str]) -> dict[int, RecordDict]:
+        """Send each client its message, return the replies by client; a client whose
+        ClientApp raised or that missed the deadline goes to `dropped`."""
+        messages = [Message(body, dst_node_id=self.nodes[c], message_type=kind, group_id=group) for c, body in asks.items()]
+        client_of = {n: c for c, n in self.nodes.items()}
+        replies: dict[int, RecordDict] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.deadline):
+            cid = client_of[reply.metadata.src_node_id]
+            if reply.has_error():
+                dropped[cid] = f"failed: {reply.error.reason}"
+                log.warning("round %s: client %d failed in %s: %s", group, cid, kind, reply.error.reason)
+                continue
+            replies[cid] = reply.content
+        for c in asks:
+            if c not in replies and c not in dropped:
+                dropped[c] = f"straggler: no {kind} reply before the round deadline"
+        return replies
+
+    # -- secure aggregation: four exchanges, the server learns the sum only -------------------
+    def collect_secure(self, round_: int, attempt: int, sampled: list[int], dropped: dict[int, str]) -> SecureCollected:
+        """Drive `SecAggServer` over the four exchanges (secagg.py); a client silent in a
+        phase is dropped from it on; below threshold the protocol aborts and the round is short."""
+        out, group = SecureCollected({}, {}, sampled, dropped, attempt), f"{round_}.{attempt}"
+        clients = [c for c in sampled if c in self.nodes]
+        if not clients:
+            return out
+        template = secagg.in_order(self.aggregation.secure_row(self.params, 0.0))
+        config = SecAggConfig(clients=tuple(clients), threshold=threshold_for(len(clients)),
+                              dim=sum(t.numel() for t in template.values()) + 1, clip=self.aggregation.secure_clip,
+                              neighbourhood=GRAPHS[self.cfg.privacy.secure_aggregation], session=secrets.token_bytes(16))
+        header, server = secagg.config_header(config, group), SecAggServer(config)
+        costs = out.costs = {"secagg_bytes_up": [0] * 4, "secagg_bytes_down": [0] * 4, "secagg_exchange_seconds": [0.0] * 4}
+
+        def run(phase: int, kind: str, to: dict[int, bytes], extra: dict[int, dict[str, Any]] | None = None) -> dict[int, tuple]:
+            start = time.perf_counter()
+            asks = {c: secagg.request(header, m, **(extra or {}).get(c, {})) for c, m in to.items()}
+            replies = {c: read_reply(r) for c, r in self.exchange(kind, asks, group, dropped).items()}
+            costs["secagg_exchange_seconds"][phase] = round(time.perf_counter() - start, 3)
+            costs["secagg_bytes_down"][phase] = sum(len(m) for m in to.values())
+            costs["secagg_bytes_up"][phase] = sum(len(r[1]) for r in replies.values())
+            return replies
+
+        try:
+            start = time.perf_counter()
+            asks = {c: self.train_request(round_, attempt, c) for c in clients}
+            for body in asks.values():
+                body[PROTOCOL] = ConfigRecord(header)
+            adverts = {c: read_reply(r) for c, r in self.exchange(TRAIN, asks, group, dropped).items()}
+            costs["secagg_exchange_seconds"][0] = round(time.perf_counter() - start, 3)
+            costs["secagg_bytes_up"][0] = sum(len(r[1]) for r in adverts.values())
+            out.weights = {c: r[2] for c, r in adverts.items()}
+            to = server.collect_keys({c: r[1] for c, r in adverts.items()})
+            shares = run(1, SHARE_KEYS, to)
+            to = server.collect_shares({c: r[1] for c, r in shares.items()})
+            live = [c for c in out.weights if c in to]
+            scaled = dict(zip(live, self.aggregation.secure_weights([out.weights[c] for c in live]), strict=True))
+            run_id = getattr(self, "run_id", None) if self.signing is not None else None
+            masked = run(2, MASKED_INPUT, to, {c: {"weight": scaled[c], "run_id": run_id or ""} for c in to})
+            accepted = {}
+            for c, (_, data, _, _, signed) in masked.items():
+                out.messages[c], out.signed[c] = data, signed
+                if (refusal := self.check_signature(c, data, signed)) is not None:  # dropped from the sum
+                    out.rejected[c] = f"{refusal['reason']}: {refusal['detail']}"
+                    out.refused.append(refusal)
+                    continue
+                accepted[c] = data
+            to = server.collect_masked(accepted)
+            total = server.unmask({c: r[1] for c, r in run(3, UNMASK, to).items()})  # (dim,)
+        except SecAggAbort as err:
+            log.warning("round %d attempt %d: %s", round_, attempt, err)
+            for c in clients:
+                dropped.setdefault(c, f"secure aggregation aborted: {err}")
+            return out
+        out.total, out.weight, out.included = unflatten(total[:-1], template), float(total[-1]), server.survivors
+        costs.update(secagg_server_seconds=round(server.stats.total_seconds, 4), secagg_included=len(server.survivors))
+        return out
+
+    def aggregate(self, collected: Collected) -> tuple[Params, dict[int, str]]:
+        """With secure aggregation: Δ from the unmasked sum through the same `Aggregation`
+        (DP noise, adaptive clipping, division), then the strategy."""
+        if not isinstance(collected, SecureCollected):
+            return super().aggregate(collected)
+        self.refused = collected.refused
+        if collected.total is None or len(collected.included) < self.cfg.federated.min_clients:
+            raise NotEnoughClients(len(collected.included), len(collected.sampled))
+        delta = self.aggregation.from_secure_sum(collected.total, collected.weight, self.noise_rng(self.round + 1, 0))
+        delta = {k: v.to(self.params[k].dtype) for k, v in delta.items()}
+        new, self.server_state = self.strategy.apply(self.params, delta, self.server_state)
+        self.costs = collected.costs
+        return new, collected.rejected
+
+    def secagg_costs(self) -> dict[str, Any]:
+        """Per exchange (train/advertise, share_keys, masked_input, unmask): protocol bytes
+        each way and wall seconds; the server's own protocol seconds."""
+        return self.costs if self.secure else super().secagg_costs()
+
+
+@dataclass
+class SecureCollected(Collected):
+    """A securely aggregated round: `messages` are the masked inputs (hashed into the ledger),
+    `total`/`weight` the unmasked Σ w·row and Σ w (None: the protocol aborted)."""
+
+    total: Params | None = None
+    weight: float = 0.0
+    included: frozenset[int] = frozenset()
+    rejected: dict[int, str] = field(default_factory=dict)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    costs: dict[str, Any] = field(default_factory=dict)
 
 
 server_app = ServerApp()
@@ -204,16 +321,19 @@ def client_runtime(cfg_toml: str, node_config: dict[str, Any]) -> tuple[Simulati
     return sim, cid
 
 
-def client_key(sim: Simulation, node_config: dict[str, Any], cid: int):
-    """The client's Ed25519 key: node_config `key` (a PEM path), else `<ledger.client_keys>/<id>.pem`."""
+def client_key_path(sim: Simulation, node_config: dict[str, Any], cid: int) -> Path | None:
+    """The client's Ed25519 key file: node_config `key` (a PEM path), else `<ledger.client_keys>/<id>.pem`."""
     path = node_config.get("key") or (
         Path(sim.cfg.ledger.client_keys) / f"{cid}.pem" if sim.cfg.ledger.client_keys else None)
-    return None if path is None or not Path(path).is_file() else load_private_key(Path(path))
+    return None if path is None or not Path(path).is_file() else Path(path)
 
 
-def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any], state: RecordDict) -> RecordDict:
+def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any], state: RecordDict,
+                  protocol: dict[str, Any] | None = None) -> RecordDict:
     """One client's round: local update → DP stage → wire encoding → signature. `state` is
-    the node's Flower context state, which keeps its compression residual between rounds."""
+    the node's Flower context state, which keeps its compression residual between rounds.
+    With `protocol` (secure aggregation's public parameters) the update stays on the node
+    and the reply carries the client's AdvertiseKeys instead (secagg.py)."""
     sim, cid = client_runtime(str(header["config"]), node_config)
     if int(header["client"]) != cid:
         raise ConfigError("partition-id", cid, f"the client the server addressed ({header['client']})")
@@ -228,9 +348,14 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
     data, report = sim.client_message(cid, r, delta, gen)
     if isinstance(residual := sim.codec_state[cid], dict):
         state[CODEC] = ArrayRecord(torch_state_dict=residual)
-    key = client_key(sim, node_config, cid) if header["run_id"] else None
-    signed = None if key is None else sign_update(key, str(header["run_id"]), r, str(cid), data)
     weight = float(getattr(sim.data.train[cid], "n_examples", 1))
+    key = client_key_path(sim, node_config, cid)
+    if protocol is not None:
+        update = check_update(str(cid), data, params)  # the client's own check: nobody else sees Δ
+        row = sim.aggregation.secure_row(update, report)
+        advert = secagg.start(state, protocol, cid, row, {"round": r, "key": str(key or "")})
+        return train_reply(cid, advert, weight, 0.0, None)
+    signed = None if key is None or not header["run_id"] else sign_update(load_private_key(key), str(header["run_id"]), r, str(cid), data)
     return train_reply(cid, data, weight, report, signed)
 
 
@@ -240,8 +365,24 @@ client_app = ClientApp()
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
     params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
-    reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state)
+    protocol = dict(msg.content[PROTOCOL]) if PROTOCOL in msg.content else None
+    reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state, protocol)
     return Message(reply, reply_to=msg)
+
+
+def client_secagg(msg: Message, context: Context) -> Message:
+    """Secure aggregation's phases 1-3 on the node; the masked input is signed like an update."""
+    kind, mine = msg.metadata.message_type, context.state.get(secagg.SECAGG)
+    data = secagg.step(kind, context.state, msg.content)
+    signed = None
+    if kind == MASKED_INPUT and (run_id := str(msg.content[PAYLOAD].get("run_id", ""))) and str(mine["key"]):
+        key = load_private_key(Path(str(mine["key"])))
+        signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data)
+    return Message(train_reply(int(mine["client"]), data, 0.0, 0.0, signed), reply_to=msg)
+
+
+for _kind in (SHARE_KEYS, MASKED_INPUT, UNMASK):
+    client_app.train(_kind.split(".")[1])(client_secagg)
 
 
 @client_app.query()

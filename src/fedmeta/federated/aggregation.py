@@ -98,26 +98,55 @@ class Aggregation:
                  rng: np.random.Generator) -> Params:
         """Δ for the strategy from the accepted updates (each already privatized)."""
         dp = self.cfg.privacy
+        if dp.secure_aggregation != "off":
+            rows = [self.secure_row(u, b) for u, b in zip(updates, reports, strict=True)]
+            total, weight = self._secure_sum(rows, self.secure_weights(weights), self.secure_clip)
+            return self.from_secure_sum(total, weight, rng)
         if dp.dp not in ("central", "local"):  # no client-level DP: the example-weighted mean
-            if dp.secure_aggregation == "off":
-                return self.robust(updates, weights)
-            scale = weight_scale(weights)  # example-weighted FedAvg, weights scaled into (0, 1]
-            total, weight = self._secure_sum(updates, [w / scale for w in weights], dp.secagg_clip)
-            return {k: v / weight for k, v in total.items()}
+            return self.robust(updates, weights)
         central_z = self.update_noise_multiplier if dp.dp == "central" else 0.0
-        if dp.secure_aggregation == "off":
-            delta = dp_aggregate(updates, max_norm=self.clip_norm, noise_multiplier=central_z,
-                                 expected_weight=self.m, rng=rng)
-            self._adapt_clip(sum(reports))
-            return delta
-        # DP-FedAvg on the secure sum: unit weights; adaptive clipping's count rides along as
-        # one more coordinate, with room in the fixed-point range for a noisy report
-        rows, clip = updates, self.clip_norm
-        if self.adaptive is not None:
-            rows = [{**u, UNCLIPPED: torch.tensor([b], dtype=torch.float64)} for u, b in zip(updates, reports, strict=True)]
-            clip = max(clip, 1.0 + 6 * self.count_std / math.sqrt(self.m))
-        total, _ = self._secure_sum(rows, [1.0] * len(rows), clip)
+        delta = dp_aggregate(updates, max_norm=self.clip_norm, noise_multiplier=central_z,
+                             expected_weight=self.m, rng=rng)
+        self._adapt_clip(sum(reports))
+        return delta
+
+    # -- secure sums: what each client masks, and what the server makes of Σ w·row ------------
+    @property
+    def client_dp(self) -> bool:
+        return self.cfg.privacy.dp in ("central", "local")
+
+    @property
+    def secure_clip(self) -> float:
+        """The fixed-point range of each masked coordinate: `secagg_clip` for weighted FedAvg;
+        under DP-FedAvg C, with room for a noisy adaptive-clipping report."""
+        if not self.client_dp:
+            return self.cfg.privacy.secagg_clip
+        if self.adaptive is None:
+            return self.clip_norm
+        return max(self.clip_norm, 1.0 + 6 * self.count_std / math.sqrt(self.m))
+
+    def secure_weights(self, weights: list[float]) -> list[float]:
+        """The weight each client's row carries: example counts scaled into (0, 1]
+        (weighted FedAvg), or unit weights (DP-FedAvg divides by the expected count)."""
+        if not self.client_dp:
+            scale = weight_scale(weights)
+            return [w / scale for w in weights]
+        return [1.0] * len(weights)
+
+    def secure_row(self, update: Params, report: float) -> Params:
+        """A client's summand: its update, and adaptive clipping's count as one more coordinate."""
+        if self.adaptive is None or not self.client_dp:
+            return update
+        return {**update, UNCLIPPED: torch.tensor([report], dtype=torch.float64)}
+
+    def from_secure_sum(self, total: Params, weight: float, rng: np.random.Generator) -> Params:
+        """Δ for the strategy from (Σ w·row, Σ w), however the sum was computed: the weighted
+        mean, or DP-FedAvg's central noise, adaptive-clipping step and division by m."""
+        if not self.client_dp:
+            return {k: v / weight for k, v in total.items()}
+        total = dict(total)
         count = float(total.pop(UNCLIPPED, 0.0))
+        central_z = self.update_noise_multiplier if self.cfg.privacy.dp == "central" else 0.0
         if central_z > 0:
             noise = gaussian_like(total, central_z * self.clip_norm, rng)
             total = {k: v + noise[k] for k, v in total.items()}

@@ -17,15 +17,20 @@ from fedmeta.meta.base import Params
 from fedmeta.privacy.secagg.graph import COMPLETE, SECAGG_PLUS
 from fedmeta.privacy.secagg.simulate import SecAggStats, secure_sum
 
+GRAPHS = {"secagg": COMPLETE, "secagg+": SECAGG_PLUS}  # SecAgg: everyone is a neighbour
+
+
+def threshold_for(clients: int) -> int:
+    """A strict majority of the clients in the aggregation, as the protocol requires."""
+    return clients // 2 + 1
+
 
 def secure_weighted_sum(
     updates: list[Params], weights: list[float], *, clip: float, neighbourhood: str
 ) -> tuple[Params, float, SecAggStats]:
     """(Σ w_i Δ_i, Σ w_i) computed by secure aggregation, and the protocol's costs."""
     rows = weighted_rows(updates, weights)  # (clients, dim + 1)
-    threshold = len(rows) // 2 + 1  # a strict majority, as the protocol requires
-    graph = COMPLETE if neighbourhood == "secagg" else SECAGG_PLUS  # SecAgg: everyone is a neighbour
-    total, stats = secure_sum(rows, threshold, clip=clip, neighbourhood=graph)
+    total, stats = secure_sum(rows, threshold_for(len(rows)), clip=clip, neighbourhood=GRAPHS[neighbourhood])
     return unflatten(total[:-1], updates[0]), float(total[-1]), stats
 
 
