@@ -291,7 +291,7 @@ class Simulation:
             else:
                 messages[cid], reports[cid] = self.client_message(cid, round_, result, gen)
         weights = {c: float(getattr(self.data.train[c], "n_examples", 1)) for c in messages}
-        signed = {c: self.sign(c, round_, m) for c, m in messages.items()} if self.signing else {}
+        signed = {c: self.sign(c, round_, m, attempt) for c, m in messages.items()} if self.signing else {}
         return Collected(messages, weights, sampled, dropped, attempt, signed, reports)
 
     # -- signed updates (Ed25519 over the SHA-256 of the exact bytes sent) ----------------
@@ -300,28 +300,32 @@ class Simulation:
 
     def enable_signing(self, run_id: str, keys_dir: str | None, registered: dict[str, str]) -> None:
         """Clients sign with `<keys_dir>/<client id>.pem`; the server accepts only updates
-        signed by the registered key of their client, once, in the current round. A server
-        whose clients are remote holds no keys (`keys_dir=None`)."""
+        signed by the registered key of the client that sent them, once, in the current round
+        and attempt. A server whose clients are remote holds no keys (`keys_dir=None`)."""
         self.run_id, self.signing = run_id, UpdateVerifier(registered, run_id)
         folder = None if keys_dir is None else Path(keys_dir)
         self.client_keys = {} if folder is None else {p.stem: load_private_key(p) for p in folder.glob("*.pem")}
 
-    def check_signature(self, cid: int, data: bytes, signed: SignedUpdate | None) -> dict[str, Any] | None:
-        """None if the update may proceed, else the refusal as the ledger records it."""
+    def check_signature(self, cid: int, data: bytes, signed: SignedUpdate | None,
+                        attempt: int = 0) -> dict[str, Any] | None:
+        """None if the update may proceed, else the refusal as the ledger records it. `cid` is
+        the sender as the transport knows it (in-process: the client whose slot carries the
+        message; deployed: the client of the node that replied); the update must be signed
+        by that client for this round's `attempt`."""
         if self.signing is None:
             return None
         r = self.round + 1
         if signed is None:
             return {"client_id": str(cid), "round": r, "reason": "unknown_key", "detail": f"client {cid} sent an unsigned update"}
         try:
-            self.signing.check(signed, data, r)
+            self.signing.check(signed, data, r, attempt, sender=str(cid))
         except SignatureRejected as err:
             return err.record()
         return None
 
-    def sign(self, cid: int, round_: int, message: bytes) -> SignedUpdate | None:
+    def sign(self, cid: int, round_: int, message: bytes, attempt: int = 0) -> SignedUpdate | None:
         key = self.client_keys.get(str(cid))
-        return None if key is None else sign_update(key, self.run_id, round_, str(cid), message)
+        return None if key is None else sign_update(key, self.run_id, round_, str(cid), message, attempt)
 
     # -- server -------------------------------------------------------------------------
     def aggregate(self, collected: Collected) -> tuple[Params, dict[int, str]]:
@@ -329,7 +333,7 @@ class Simulation:
         accepted, rejected = {}, {}
         self.refused: list[dict[str, Any]] = []  # signature rejections, for the ledger
         for cid, data in collected.messages.items():
-            refusal = self.check_signature(cid, data, collected.signed.get(cid))
+            refusal = self.check_signature(cid, data, collected.signed.get(cid), collected.attempt)
             if refusal is not None:
                 rejected[cid] = f"{refusal['reason']}: {refusal['detail']}"
                 self.refused.append(refusal)
