@@ -2,7 +2,8 @@
 
 An update must decode, carry exactly the global model's tensor names and shapes in
 float32, and hold only finite values; anything else is rejected with a reason and never
-averaged in.
+averaged in. The bytes are decoded against the model's shapes, so a message claiming more
+values than the model has is refused before anything is allocated for them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from fedmeta.errors import FedmetaError
-from fedmeta.federated.wire import MalformedUpdate, decode
+from fedmeta.federated.wire import MalformedUpdate, UnexpectedLayout, decode
 from fedmeta.meta.base import Params
 
 
@@ -23,7 +24,9 @@ class RejectedUpdate(FedmetaError):
 def check_update(client: str, data: bytes, reference: Params) -> Params:
     """The decoded update, or RejectedUpdate naming what is wrong."""
     try:
-        update = decode(data)
+        update = decode(data, {name: tuple(t.shape) for name, t in reference.items()})
+    except UnexpectedLayout as err:
+        raise RejectedUpdate(client, str(err)) from None
     except MalformedUpdate as err:
         raise RejectedUpdate(client, f"malformed: {err}") from None
     if update.keys() != reference.keys():

@@ -4,7 +4,8 @@ Layout: magic `FMU1`, a 4-byte big-endian header length, a JSON header listing e
 (name, shape, encoding, the dtype and byte length of each part), then the parts' raw
 little-endian bytes in header order. Encodings: `raw` (float32 values), `topk` (int32
 flat indices + float32 values), `int8` (uint8 codes + float32 [low, step]). Communication
-cost is counted from these bytes exactly, and ledger commitments hash them.
+cost is counted from these bytes exactly, and ledger commitments hash them. `decode` told the
+expected shapes checks every claimed size before allocating anything proportional to it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import functools
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,24 +66,45 @@ class MalformedUpdate(ValueError):
     """The bytes are not a well-formed update."""
 
 
-def decode(data: bytes) -> dict[str, Tensor]:
-    """Dense tensors from the wire bytes; raises MalformedUpdate on any defect."""
+class UnexpectedLayout(MalformedUpdate):
+    """Well-formed bytes whose tensor names, shapes or dtypes are not the expected ones."""
+
+
+# Each encoding's parts: their dtypes and element counts for a tensor of `size` values
+# (top-k: k indices and k values, k ≤ size, taken from the header and checked against size).
+DTYPES = {"raw": ("<f4",), "topk": ("<i4", "<f4"), "int8": ("|u1", "<f4")}
+
+
+def decode(data: bytes, expected: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Tensor]:
+    """Dense tensors from the wire bytes; raises MalformedUpdate on any defect.
+
+    `expected` (name -> shape; the server knows its model's) is what untrusted bytes must
+    be decoded against: then every claimed name, shape, dtype and count is checked against
+    it and against the message's own length before anything is allocated, so a message
+    costs memory and time proportional to the model and its own size, whatever it claims.
+    Without it the header's shapes are trusted (raw parts may then carry any dtype)."""
     try:
-        if data[:4] != MAGIC:
+        if len(data) < 8 or data[:4] != MAGIC:
             raise MalformedUpdate("bad magic")
         (n,) = struct.unpack(">I", data[4:8])
-        header = _parse_header(bytes(data[8 : 8 + n]))
+        if 8 + n > len(data):
+            raise MalformedUpdate(f"truncated: a {n}-byte header in {len(data)} bytes")
+        header = _layout(_parse_header(bytes(data[8 : 8 + n])))
+        if expected is not None:
+            _check_expected(header, expected)
+        body = sum(nbytes for _, _, _, parts in header for _, nbytes in parts)
+        if 8 + n + body != len(data):
+            raise MalformedUpdate(
+                f"{'truncated' if 8 + n + body > len(data) else 'trailing bytes'}: the header "
+                f"describes {body} bytes of values, the message carries {len(data) - 8 - n}"
+            )
         offset, out = 8 + n, {}
-        for item in header:
+        for name, kind, shape, layout in header:
             parts = []
-            for dtype, nbytes in item["parts"]:
-                if offset + nbytes > len(data):
-                    raise MalformedUpdate("truncated")
-                parts.append(np.frombuffer(data, dtype=np.dtype(dtype), count=nbytes // np.dtype(dtype).itemsize, offset=offset))
+            for dtype, nbytes in layout:
+                parts.append(np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset))
                 offset += nbytes
-            out[item["name"]] = _dense(item["kind"], tuple(item["shape"]), parts)
-        if offset != len(data):
-            raise MalformedUpdate("trailing bytes")
+            out[name] = _dense(kind, shape, parts)
         return out
     except MalformedUpdate:
         raise
@@ -93,7 +117,78 @@ def _parse_header(head: bytes) -> list:
     return json.loads(head)
 
 
+def _layout(items: Any) -> list[tuple[str, str, tuple[int, ...], list[tuple[np.dtype, int]]]]:
+    """The header as (name, kind, shape, [(dtype, nbytes)]), every field type- and
+    range-checked, and each part's byte count consistent with its encoding; nothing here
+    allocates more than the header's own size."""
+    if not isinstance(items, list):
+        raise MalformedUpdate("the header is not a list of tensors")
+    out, names = [], set()
+    for item in items:
+        if not isinstance(item, dict) or item.keys() != {"name", "kind", "shape", "parts"}:
+            raise MalformedUpdate("each header entry has exactly: name, kind, shape, parts")
+        name, kind, shape, parts = item["name"], item["kind"], item["shape"], item["parts"]
+        if not isinstance(name, str) or name in names:
+            raise MalformedUpdate(f"tensor name {name!r}: not a string, or repeated")
+        names.add(name)
+        if kind not in DTYPES:
+            raise MalformedUpdate(f"{name}: unknown encoding {kind!r}")
+        if not isinstance(shape, list) or not all(_count(d) for d in shape):
+            raise MalformedUpdate(f"{name}: shape {shape!r} is not a list of non-negative integers")
+        if (
+            not isinstance(parts, list)
+            or len(parts) != len(DTYPES[kind])
+            or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _count(p[1]) for p in parts)
+        ):
+            raise MalformedUpdate(f"{name}: {kind} takes {len(DTYPES[kind])} parts of [dtype, byte count]")
+        dtypes = [_dtype(name, d) for d, _ in parts]
+        if kind != "raw" and [d.str for d in dtypes] != list(DTYPES[kind]):
+            raise UnexpectedLayout(f"{name}: {kind} part dtypes {[d for d, _ in parts]}, expected {list(DTYPES[kind])}")
+        layout = [(d, nbytes) for d, (_, nbytes) in zip(dtypes, parts, strict=True)]
+        counts = []
+        for d, nbytes in layout:
+            if nbytes % d.itemsize:
+                raise MalformedUpdate(f"{name}: {nbytes} bytes is not a whole number of {d.str} values")
+            counts.append(nbytes // d.itemsize)
+        size = math.prod(shape)
+        if kind == "raw" and counts[0] != size:
+            raise MalformedUpdate(f"{name}: {counts[0]} values for shape {tuple(shape)}")
+        if kind == "topk" and not counts[0] == counts[1] <= size:
+            raise MalformedUpdate(f"{name}: top-k of {counts[0]} indices, {counts[1]} values for shape {tuple(shape)}")
+        if kind == "int8" and (counts[0] != size or counts[1] != 2):
+            raise MalformedUpdate(f"{name}: int8 of {counts[0]} codes, {counts[1]} parameters for shape {tuple(shape)}")
+        out.append((name, kind, tuple(shape), layout))
+    return out
+
+
+def _count(x: Any) -> bool:
+    return type(x) is int and x >= 0
+
+
+def _dtype(name: str, d: str) -> np.dtype:
+    try:
+        dtype = np.dtype(d)
+    except TypeError:
+        raise MalformedUpdate(f"{name}: dtype {d!r} is not a numpy dtype") from None
+    if dtype.kind not in "biuf" or dtype.str != d:  # plain numbers, spelled canonically
+        raise MalformedUpdate(f"{name}: dtype {d!r} is not a plain numeric dtype")
+    return dtype
+
+
+def _check_expected(header: list, expected: Mapping[str, tuple[int, ...]]) -> None:
+    got = {name: (kind, shape, layout) for name, kind, shape, layout in header}
+    if got.keys() != expected.keys():
+        missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+        raise UnexpectedLayout(f"tensor names differ (missing {missing}, unexpected {extra})")
+    for name, (kind, shape, layout) in got.items():
+        if shape != tuple(expected[name]):
+            raise UnexpectedLayout(f"{name}: shape {shape}, expected {tuple(expected[name])}")
+        if kind == "raw" and layout[0][0].str != "<f4":
+            raise UnexpectedLayout(f"{name}: dtype {layout[0][0].name}, expected float32")
+
+
 def _dense(kind: str, shape: tuple[int, ...], parts: list[np.ndarray]) -> Tensor:
+    """The dense tensor of one entry whose part counts `_layout` has checked."""
     size = math.prod(shape)
     if kind == "raw":
         flat = parts[0]  # dtype as sent: the server's checks reject anything but float32
@@ -101,13 +196,11 @@ def _dense(kind: str, shape: tuple[int, ...], parts: list[np.ndarray]) -> Tensor
         idx, val = parts
         if idx.size and (idx.min() < 0 or idx.max() >= size):
             raise MalformedUpdate("top-k index out of range")
+        if idx.size > 1 and not (np.diff(idx) > 0).all():
+            raise MalformedUpdate("top-k indices not strictly increasing")
         flat = np.zeros(size, val.dtype)
         flat[idx] = val
-    elif kind == "int8":
+    else:  # int8
         codes, (low, step) = parts
         flat = (low + codes.astype(np.float32) * step).astype(np.float32)
-    else:
-        raise MalformedUpdate(f"unknown encoding {kind!r}")
-    if flat.size != size:
-        raise MalformedUpdate(f"{flat.size} values for shape {shape}")
     return torch.from_numpy(flat.copy()).reshape(shape)
