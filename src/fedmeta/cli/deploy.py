@@ -21,6 +21,8 @@ deploy = typer.Typer(help="Run a federated config as a Flower server and real cl
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=v.")]
 Insecure = Annotated[bool, typer.Option(help="No TLS (loopback and tests only).")]
 Show = Annotated[bool, typer.Option("--print", help="Print the command instead of running it.")]
+AllowRemote = Annotated[bool, typer.Option(
+    help="Allow --insecure (no TLS) with a non-loopback address: updates cross the network in the clear.")]
 
 
 def _config(config: Path | None, set_: list[str] | None, data_dir: str | None):
@@ -60,10 +62,12 @@ def local(
     data_dir: Annotated[str | None, typer.Option(help="Datasets folder (else $FEDMETA_DATA).")] = None,
     deadline: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 3600.0,
 ) -> None:
-    """Loopback federation: a superlink, N supernodes and `flwr run`, torn down at the end."""
-    from fedmeta.deploy.launch import run_local
+    """Loopback federation: a superlink on 127.0.0.1, N supernodes and `flwr run`, torn down
+    at the end (and killed with this process)."""
+    from fedmeta.deploy.launch import check_seconds, run_local
     from fedmeta.rundir import RunDir
 
+    check_seconds("--deadline", deadline)
     cfg = _config(config, set_, data_dir)
     n = cfg.federated.n_clients
     clients = n if clients is None else clients
@@ -90,30 +94,46 @@ def app(
     deadline: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 3600.0,
 ) -> None:
     """Write the Flower app folder (resolved config inside) for `flwr run DIR fedmeta`."""
-    from fedmeta.deploy.launch import write_app
+    from fedmeta.deploy.launch import check_seconds, write_app
 
+    check_seconds("--wait", wait)
+    check_seconds("--deadline", deadline)
+    for option, path in (("--dir", app_dir), ("--out", out)):
+        if path.exists() and not path.is_dir():
+            raise BadInput(option, str(path), "a folder, or a path where one can be created (this is a file)")
     cfg = _config(config, set_, None)
+    n = cfg.federated.n_clients
+    if min_nodes is not None and not 1 <= min_nodes <= n:
+        raise BadInput("--min-nodes", min_nodes, f"1 to federated.n_clients = {n}")
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "config.toml").write_text(cfg.to_toml())
     write_app(app_dir, {"config": str((app_dir / "config.toml").resolve()), "out": str(out.resolve()),
-                        "min-nodes": min_nodes or cfg.federated.n_clients, "wait": wait, "deadline": deadline,
-                        "resume": False})
+                        "min-nodes": min_nodes or n, "wait": wait, "deadline": deadline, "resume": False})
     print(f"flwr run {app_dir} <connection> --stream   (clients: num-partitions = {cfg.federated.n_clients})")
 
 
 @deploy.command()
 def superlink(
     port: Annotated[int, typer.Option(help="HTTP port for supernodes and `flwr run`.")] = 9092,
+    host: Annotated[str | None, typer.Option(
+        help="Address to listen on (default 127.0.0.1 with --insecure, 0.0.0.0 with TLS).")] = None,
     insecure: Insecure = False,
+    allow_insecure_remote: AllowRemote = False,
     ssl_ca_certfile: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="Superlink certificate (PEM).")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="Superlink private key (PEM).")] = None,
     show: Show = False,
 ) -> None:
     """Start Flower's superlink (the server side), with TLS unless --insecure."""
-    from fedmeta.deploy.launch import superlink_command
+    from fedmeta.deploy.launch import check_insecure_host, check_port, superlink_command
 
-    _run(superlink_command(port, _tls(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)), show)
+    check_port("--port", port)
+    if host is not None and not host.strip():
+        raise BadInput("--host", host, "an address to listen on (e.g. 127.0.0.1, 0.0.0.0)")
+    tls = _tls(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)
+    if tls is None and host is not None:
+        check_insecure_host("--host", host, allow_insecure_remote)
+    _run(superlink_command(port, tls, host), show)
 
 
 @deploy.command()
@@ -126,12 +146,27 @@ def supernode(
     key: Annotated[Path | None, typer.Option(help="This client's Ed25519 signing key (PEM).")] = None,
     config: Annotated[Path | None, typer.Option(help="Refuse any server config but this one (TOML).")] = None,
     insecure: Insecure = False,
+    allow_insecure_remote: AllowRemote = False,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the superlink (PEM).")] = None,
     show: Show = False,
 ) -> None:
     """Start a Flower supernode that acts as one client of the federation."""
-    from fedmeta.deploy.launch import supernode_command
+    from fedmeta.deploy.launch import (
+        check_insecure_host,
+        check_port,
+        parse_address,
+        supernode_command,
+    )
 
+    host, _ = parse_address("--superlink", superlink)
+    check_port("--port", port)
+    if num_partitions < 1:
+        raise BadInput("--num-partitions", num_partitions, "a positive number of clients (federated.n_clients)")
+    if not 0 <= partition_id < num_partitions:
+        raise BadInput("--partition-id", partition_id, f"0 to --num-partitions - 1 = {num_partitions - 1}")
+    tls = _tls(insecure, root_certificates)
+    if tls is None:
+        check_insecure_host("--superlink", host, allow_insecure_remote)
     if key is not None and not key.is_file():
         raise BadInput("--key", str(key), "an existing PEM file (fedmeta keys create)")
     if config is not None:
@@ -139,7 +174,7 @@ def supernode(
     node = {"partition-id": partition_id, "num-partitions": num_partitions}
     pinned = config and config.resolve()
     node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve()), ("config", pinned)) if v})
-    _run(supernode_command(superlink, port, node, _tls(insecure, root_certificates)), show)
+    _run(supernode_command(superlink, port, node, tls), show)
 
 
 def register(app_: typer.Typer) -> None:

@@ -47,6 +47,7 @@ from fedmeta.ledger.commitments import SignedUpdate, sign_update
 from fedmeta.ledger.keys import load_private_key
 from fedmeta.meta import Params
 from fedmeta.privacy.secagg.protocol import SecAggAbort, SecAggConfig, SecAggServer
+from fedmeta.threads import use_threads
 
 log = logging.getLogger("fedmeta.deploy")
 
@@ -151,12 +152,24 @@ class FlowerRuntime(Simulation):
 
     def exchange(self, kind: str, asks: dict[int, RecordDict], group: str, dropped: dict[int, str]) -> dict[int, RecordDict]:
         """Send each client its message, return the replies by client; a client whose
-        ClientApp raised or that missed the deadline goes to `dropped`."""
-        messages = [Message(body, dst_node_id=self.nodes[c], message_type=kind, group_id=group) for c, body in asks.items()]
-        client_of = {n: c for c, n in self.nodes.items()}
+        ClientApp raised, whose supernode is gone (the superlink answers for it) or that
+        missed the deadline goes to `dropped`. A reply is matched to its client by the
+        message it answers, else by its sender; one that matches no client asked here is
+        ignored."""
+        sent = {c: Message(body, dst_node_id=self.nodes[c], message_type=kind, group_id=group) for c, body in asks.items()}
+        client_of = {n: c for c, n in self.nodes.items() if c in asks}
         replies: dict[int, RecordDict] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.deadline):
-            cid = client_of[reply.metadata.src_node_id]
+        answered: set[int] = set()
+        received = self.grid.send_and_receive(list(sent.values()), timeout=self.deadline)
+        by_message = {m.metadata.message_id: c for c, m in sent.items() if m.metadata.message_id}
+        for reply in received:
+            meta = reply.metadata
+            cid = by_message.get(meta.reply_to_message_id, client_of.get(meta.src_node_id))
+            if cid is None or cid in answered:
+                log.warning("round %s: ignoring a %s reply from node %s that answers no open request", group, kind,
+                            meta.src_node_id)
+                continue
+            answered.add(cid)
             if reply.has_error():
                 dropped[cid] = f"failed: {reply.error.reason}"
                 log.warning("round %s: client %d failed in %s: %s", group, cid, kind, reply.error.reason)
@@ -266,20 +279,37 @@ server_app = ServerApp()
 def server_main(grid: Grid, context: Context) -> None:
     """Run config keys: `config` (resolved TOML path), `out` (run folder), `min-nodes`,
     `wait` (s to wait for supernodes), `deadline` (s per round), `resume` (bool)."""
+    from fedmeta.deploy.launch import ERROR_FILE, write_failure
+
+    rc = context.run_config
+    try:
+        serve(grid, rc)
+    except Exception as err:  # the launcher (`fedmeta deploy local`) prints it; Flower's log has the traceback
+        if str(rc.get(ERROR_FILE, "")):
+            write_failure(Path(str(rc[ERROR_FILE])), err)
+        raise
+
+
+def serve(grid: Grid, rc: Any) -> None:
+    """The ServerApp's work, from its run config (`server_main`)."""
+    from fedmeta.deploy.launch import check_seconds
     from fedmeta.report import write_report
     from fedmeta.rundir import RunDir
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP notes
-    rc = context.run_config
     out, config = Path(str(rc["out"])), Path(str(rc["config"]))
     resume = bool(rc.get("resume", False))
+    wait = check_seconds("wait", float(rc.get("wait", 300)))
+    deadline = check_seconds("deadline", float(rc.get("deadline", 3600)))
     if resume or (out / "config.toml").resolve() == config.resolve():  # resumed, or made by the launcher
         run, cfg = RunDir.open(out)
     else:
         cfg = load_config(config)
         run = RunDir.create(out, cfg)
-    sim = FlowerRuntime(cfg, grid, min_nodes=int(rc.get("min-nodes", cfg.federated.min_clients)),
-                        wait=float(rc.get("wait", 300)), deadline=float(rc.get("deadline", 3600)))
+    min_nodes = int(rc.get("min-nodes", cfg.federated.min_clients))
+    if not 1 <= min_nodes <= cfg.federated.n_clients:
+        raise ConfigError("min-nodes", min_nodes, f"1 to federated.n_clients = {cfg.federated.n_clients}")
+    sim = FlowerRuntime(cfg, grid, min_nodes=min_nodes, wait=wait, deadline=deadline)
     run_federated(cfg, run, resume=resume, show_progress=False, sim=sim)
     write_report(run.path)
 
@@ -338,6 +368,7 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
     if int(header["client"]) != cid:
         raise ConfigError("partition-id", cid, f"the client the server addressed ({header['client']})")
     r, attempt = int(header["round"]), int(header["attempt"])
+    use_threads(sim.cfg, sim.batching)  # the in-process rule: same thread count, same float rounding
     sim.params = params
     sim.aggregation.load_state_dict(json.loads(str(header["aggregation"])))
     sim.codec_state = {cid: state[CODEC].to_torch_state_dict()} if CODEC in state else {}

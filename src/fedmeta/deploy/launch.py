@@ -12,8 +12,12 @@ federation (one superlink, N supernodes, `flwr run`) that is always torn down.
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -77,8 +81,50 @@ def write_connection(flwr_home: Path, address: str, tls: TLS | None) -> None:
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n')
 
 
-def superlink_command(port: int, tls: TLS | None = None) -> list[str]:
-    cmd = [binary("flower-superlink"), "--disable-runtime-dependency-installation", "--host", "0.0.0.0", "--port", str(port)]
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; any other name or address is remote."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def check_port(option: str, port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise BadInput(option, port, "a TCP port, 1 to 65535")
+    return port
+
+
+def check_seconds(option: str, seconds: float) -> float:
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise BadInput(option, seconds, "a positive, finite number of seconds")
+    return seconds
+
+
+def parse_address(option: str, address: str) -> tuple[str, int]:
+    """`host:port` (an IPv6 host in brackets: `[::1]:9092`)."""
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})", address.strip())
+    if match is None or not 1 <= int(match[2]) <= 65535:
+        raise BadInput(option, address, "host:port with a port from 1 to 65535 (e.g. 127.0.0.1:9092, server.example.org:9092)")
+    return match[1], int(match[2])
+
+
+def check_insecure_host(option: str, host: str, allow_remote: bool) -> None:
+    """Without TLS everything (parameters, updates) crosses the network in the clear:
+    only a loopback address, unless the user explicitly allows a remote one."""
+    if not allow_remote and not is_loopback(host):
+        raise BadInput(option, host, "a loopback address (127.0.0.1, ::1, localhost) with --insecure, "
+                                     "or TLS certificates, or --allow-insecure-remote")
+
+
+def superlink_command(port: int, tls: TLS | None = None, host: str | None = None) -> list[str]:
+    """`host`: the address the superlink listens on; default 127.0.0.1 without TLS (loopback
+    only), 0.0.0.0 with TLS (supernodes on other machines)."""
+    host = host or (LOOPBACK if tls is None else "0.0.0.0")
+    cmd = [binary("flower-superlink"), "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
     if tls is None:
         return [*cmd, "--insecure"]
     if tls.cert is None or tls.key is None:
@@ -99,9 +145,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _prctl() -> Any:
+    """libc's prctl on Linux (looked up before any fork), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent() -> Any:
+    """A `preexec_fn` that makes the child die (SIGKILL) when the process that starts it dies,
+    even by SIGKILL; None where prctl(PR_SET_PDEATHSIG) does not exist. Flower's own
+    children (superexec, ServerApp, ClientApps) watch their parents' pids and exit when
+    these go."""
+    prctl, parent = _prctl(), os.getpid()
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 class Processes:
-    """Child processes in their own sessions, logging to files; on exit every process
-    group is terminated (then killed), whatever happened."""
+    """Child processes in their own sessions (process groups), logging to files, each tied
+    to this process (`die_with_parent`: if it is killed, even by SIGKILL, they die with it);
+    on exit every process group is terminated (then killed), whatever happened."""
 
     def __init__(self, logs: Path, env: dict[str, str]):
         self.logs, self.env, self.children = logs, env, []
@@ -109,7 +186,8 @@ class Processes:
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                                preexec_fn=die_with_parent())  # noqa: PLW1509  (async-signal-safe: prctl, getppid, kill)
         self.children.append((proc, out))
         return proc
 
@@ -142,31 +220,69 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
     raise FedmetaError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
+ERROR_FILE = "error-file"  # run config key: where the ServerApp writes why it failed (JSON)
+
+
+def write_failure(path: Path, err: BaseException) -> None:
+    """The ServerApp's failure, for the launcher to report as the CLI would in-process."""
+    record: dict[str, Any] = {"error": type(err).__name__, "message": str(err)}
+    if isinstance(err, BadInput):
+        record.update(bad_input=True, field=err.field, accepted=err.accepted)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(record, default=str) + "\n")
+    part.replace(path)  # whole or absent for the launcher, which polls for it
+
+
+def read_failure(path: Path, logs: Path) -> FedmetaError | None:
+    """The error `write_failure` recorded, as the exception the CLI prints: bad input stays
+    bad input (exit 2, the same line); anything else is a failure naming the ServerApp's
+    error and the logs (exit 1)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("bad_input"):
+        err = BadInput(str(record["field"]), None, str(record["accepted"]))
+        err.args = (str(record["message"]),)  # the ServerApp's own line, value included
+        return err
+    return FedmetaError(f"the ServerApp failed: {record['error']}: {record['message']} (Flower logs in {logs})")
+
+
 def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir: Path, deadline: float = 3600.0,
               timeout: float = 3600.0, tls: TLS | None = None) -> Path:
-    """A whole deployment on loopback: superlink, `clients` supernodes holding clients
-    0..clients−1 of the config's `partitions` (its federated.n_clients), `flwr run --stream`;
-    returns the run folder once summary.json is there. Logs stay in `workdir/logs`. With
-    `tls`, its certificate must name 127.0.0.1."""
+    """A whole deployment on loopback: superlink (listening on 127.0.0.1 only), `clients`
+    supernodes holding clients 0..clients−1 of the config's `partitions` (its
+    federated.n_clients), `flwr run --stream`; returns the run folder once summary.json is
+    there. Every Flower process dies with this one. If the ServerApp fails, its error is
+    raised here (bad input as `BadInput`). Logs stay in `workdir/logs`. With `tls`, its
+    certificate must name 127.0.0.1."""
+    check_seconds("--deadline", deadline)
+    check_seconds("timeout", timeout)
     port = free_port()
     env = {**os.environ, "FLWR_HOME": str(workdir / "flwr-home"), "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    write_connection(workdir / "flwr-home", f"127.0.0.1:{port}", tls)
+    write_connection(workdir / "flwr-home", f"{LOOPBACK}:{port}", tls)
+    failure, logs = workdir / "serverapp-error.json", workdir / "logs"
+    failure.unlink(missing_ok=True)
     app = write_app(workdir / "app", {"config": str(config.resolve()), "out": str(out.resolve()), "min-nodes": clients,
-                                      "wait": 300, "deadline": deadline, "resume": False})
+                                      "wait": 300, "deadline": deadline, "resume": False, ERROR_FILE: str(failure)})
     with ExitStack() as stack:
-        procs = stack.enter_context(Processes(workdir / "logs", env))
-        link = procs.start("superlink", superlink_command(port, tls))
+        procs = stack.enter_context(Processes(logs, env))
+        link = procs.start("superlink", superlink_command(port, tls, LOOPBACK))
         wait_for_port(port, link)
         for i in range(clients):
             procs.start(f"supernode-{i}", supernode_command(
-                f"127.0.0.1:{port}", free_port(), {"partition-id": i, "num-partitions": partitions}, tls))
+                f"{LOOPBACK}:{port}", free_port(), {"partition-id": i, "num-partitions": partitions}, tls))
         runner = procs.start("flwr-run", [binary("flwr"), "run", str(app), CONNECTION, "--stream"])
-        try:
-            runner.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise FedmetaError(f"the deployment did not finish in {timeout:.0f} s; logs in {workdir / 'logs'}") from None
+        stop = time.monotonic() + timeout
+        while runner.poll() is None and not failure.exists():  # a failed ServerApp may leave `flwr run` waiting
+            if time.monotonic() > stop:
+                raise FedmetaError(f"the deployment did not finish in {timeout:.0f} s; logs in {logs}")
+            time.sleep(0.5)
+    if (err := read_failure(failure, logs)) is not None:
+        raise err
     if not (out / "summary.json").is_file():
-        tail = (workdir / "logs" / "flwr-run.log").read_text(errors="replace").strip().splitlines()[-5:]
-        raise FedmetaError(f"the deployment ended without summary.json; logs in {workdir / 'logs'}: " + " | ".join(tail))
+        tail = (logs / "flwr-run.log").read_text(errors="replace").strip().splitlines()[-5:]
+        raise FedmetaError(f"the deployment ended without summary.json; logs in {logs}: " + " | ".join(tail))
     return out
