@@ -10,7 +10,6 @@ import sqlite3
 import pytest
 import torch
 
-from fedmeta.federated.record import RunRecord
 from fedmeta.federated.simulation import NotEnoughClients, Simulation, run_federated
 from fedmeta.ledger import keys, verify_ledger
 from fedmeta.rundir import RunDir
@@ -34,11 +33,9 @@ def signed_config(config, tmp_path, monkeypatch, honest=6, **federated):
         "enabled": True, "client_keys": str(folder), "participants": registered})})
 
 
-def signing_simulation(cfg, tmp_path):
-    run = RunDir.create(tmp_path / "run", cfg)
+def signing_simulation(cfg):
     sim = Simulation(cfg)
-    record = RunRecord(cfg, run.path, sim.params, resume=False)
-    sim.enable_signing(record.run_id, cfg.ledger.client_keys, cfg.ledger.participants)
+    sim.enable_signing("run-under-test", cfg.ledger.client_keys, cfg.ledger.participants)
     return sim
 
 
@@ -63,10 +60,7 @@ def test_unknown_and_forged_updates_are_refused_and_logged(config, tmp_path, mon
 
 def test_replayed_update_is_refused_and_changes_nothing(config, tmp_path, monkeypatch):
     cfg = signed_config(config, tmp_path, monkeypatch)
-    run = RunDir.create(tmp_path / "run", cfg)
-    sim = Simulation(cfg)
-    record = RunRecord(cfg, run.path, sim.params, resume=False)
-    sim.enable_signing(record.run_id, cfg.ledger.client_keys, cfg.ledger.participants)
+    sim = signing_simulation(cfg)
     first = sim.collect(1)
     sim.aggregate(copy.deepcopy(first))
     sim.round = 1
@@ -109,7 +103,7 @@ def test_update_presented_by_another_client_is_refused_under_the_sender(config, 
     """Client 1 presents client 0's signed update as its own (in its own slot, ahead of the
     genuine one): refused as wrong_sender and logged under 1; 0's update is still accepted."""
     cfg = signed_config(config, tmp_path, monkeypatch)
-    sim = signing_simulation(cfg, tmp_path)
+    sim = signing_simulation(cfg)
     clean = copy.deepcopy(sim)
     collected = sim.collect(1)
     assert {0, 1} <= collected.messages.keys()
@@ -133,7 +127,7 @@ def test_update_signed_for_an_earlier_attempt_is_refused(config, tmp_path, monke
     attempt-0 updates of client 0 (seen) and client 1 (never delivered) are replayed in
     their own slots and refused, while the others' fresh updates are accepted."""
     cfg = signed_config(config, tmp_path, monkeypatch, min_clients=2)
-    sim = signing_simulation(cfg, tmp_path)
+    sim = signing_simulation(cfg)
     first = sim.collect(1, 0)
     short = copy.deepcopy(first)
     short.messages = {0: first.messages[0]}
@@ -151,7 +145,7 @@ def test_update_signed_for_an_earlier_attempt_is_refused(config, tmp_path, monke
 
 def test_replay_within_one_attempt_is_refused(config, tmp_path, monkeypatch):
     cfg = signed_config(config, tmp_path, monkeypatch)
-    sim = signing_simulation(cfg, tmp_path)
+    sim = signing_simulation(cfg)
     collected = sim.collect(1)
     sim.aggregate(copy.deepcopy(collected))
     again = sim.check_signature(0, collected.messages[0], collected.signed[0])
