@@ -89,6 +89,8 @@ def decode(data: bytes, expected: Mapping[str, tuple[int, ...]] | None = None) -
         (n,) = struct.unpack(">I", data[4:8])
         if 8 + n > len(data):
             raise MalformedUpdate(f"truncated: a {n}-byte header in {len(data)} bytes")
+        if expected is not None and n > (most := _header_bound(expected)):
+            raise MalformedUpdate(f"a {n}-byte header; the expected tensors' takes at most {most}")
         header = _layout(_parse_header(bytes(data[8 : 8 + n])))
         if expected is not None:
             _check_expected(header, expected)
@@ -110,6 +112,13 @@ def decode(data: bytes, expected: Mapping[str, tuple[int, ...]] | None = None) -
         raise
     except Exception as err:  # any parse failure of untrusted bytes
         raise MalformedUpdate(f"{type(err).__name__}: {err}") from None
+
+
+def _header_bound(expected: Mapping[str, tuple[int, ...]]) -> int:
+    """Generous bound on the JSON header of `expected`'s tensors (any encoding, names
+    escaped at 12 bytes a character, 24 bytes a dimension), so that an oversized header is
+    refused before it is parsed."""
+    return 256 + sum(256 + 12 * len(name) + 24 * len(shape) for name, shape in expected.items())
 
 
 @functools.lru_cache(maxsize=64)
