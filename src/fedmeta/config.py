@@ -7,28 +7,37 @@ third party reading the folder see exactly what ran.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedmeta.errors import ConfigError
 
 PosInt = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
+MAX_SEED = 2**63 - 1  # torch and numpy seed from a 64-bit integer; the run adds small offsets
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+MAX_THREADS = 1024
+DIGITS_EXAMPLES = 1797  # images in scikit-learn's digits, which federated digits partitions
+SYNTHETIC_MAX_EXAMPLES = 5000  # the most examples a Synthetic(α, β) client holds (data/federated.py)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Strict (a TOML string or boolean never becomes a number, 3.0 never an integer) and
+    finite: no setting takes inf or nan."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
     name: str = "run"
-    seed: int = 0
-    threads: PosInt | None = None  # torch intra-op threads; default: 1 for vmapped (MLP) runs, else torch's
+    seed: Seed = 0
+    threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = None  # torch intra-op threads; default: 1 for vmapped (MLP) runs, else torch's
 
 
 class DataConfig(Section):
@@ -128,6 +137,19 @@ class LedgerConfig(Section):
     client_keys: str | None = None  # folder of <client id>.pem made by `fedmeta keys create`
     participants: dict[str, str] = {}  # registered client id -> Ed25519 public key (hex)
 
+    @field_validator("participants")
+    @classmethod
+    def _public_keys(cls, participants: dict[str, str]) -> dict[str, str]:
+        for cid, public in participants.items():
+            try:
+                raw = bytes.fromhex(public)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise ConfigError(f"ledger.participants.{cid}", public,
+                                  "64 hex characters: the Ed25519 public key `fedmeta keys create` prints")
+        return participants
+
 
 class PrivacyConfig(Section):
     """Differential privacy: client-level (DP-FedAvg, McMahan et al. 2018; noise at the
@@ -145,7 +167,7 @@ class PrivacyConfig(Section):
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     accountant: Literal["rdp", "pld"] = "rdp"
     target_epsilon: PosFloat | None = None
-    noise_seed: int | None = None  # reproducible (insecure) noise, for experiments only
+    noise_seed: Seed | None = None  # reproducible (insecure) noise, for experiments only
     secure_aggregation: Literal["off", "secagg", "secagg+", "ckks"] = "off"  # masked sums, or CKKS ciphertexts
     secagg_clip: PosFloat = 1.0  # fixed-point range of each weighted coordinate (DP: clip_norm)
     audit: bool = True  # membership-inference audit of the final model (example-holding clients)
@@ -209,6 +231,7 @@ class Config(Section):
                 raise ConfigError(field, value, "an attack and a malicious_fraction > 0 together (or neither)")
             if fed.perfedavg_variant == "hf" and fed.local_procedure == "perfedavg" and fed.tasks_per_step < 2:
                 raise ConfigError("federated.tasks_per_step", fed.tasks_per_step, "at least 2 for Per-FedAvg HF (it draws an independent batch for the Hessian)")
+        _check_dataset_options(self)
         if self.data.name == "sinusoid" and self.model.name == "conv4":
             raise ConfigError("model.name", "conv4", "sinusoid tasks need model.name = 'mlp'")
         if self.train.lake_runs and (self.data.name, self.data.n_way, self.data.k_shot) != (
@@ -247,22 +270,117 @@ class Config(Section):
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
 
 
+# The [data] and [federated] keys each dataset reads, centrally (no [federated]) and
+# federated; k_shot and k_query are left out: federated example datasets (digits,
+# synthetic) take their episode sizes from federated.support_size / query_size.
+_EPISODE_KEYS = ("n_way", "rotations", "test_classes", "test_alphabets")
+_DATA_USES = {
+    ("sinusoid", False): set(),
+    ("digits", False): {"n_way", "test_classes"},
+    ("omniglot", False): {"n_way", "rotations", "test_alphabets"},
+    ("sinusoid", True): set(),
+    ("digits", True): set(),
+    ("synthetic", True): set(),
+    ("omniglot", True): {"n_way", "rotations", "test_alphabets"},
+}
+_FEDERATED_USES = {  # keys of [federated] that only some datasets read
+    "support_size": {"digits", "synthetic"},
+    "query_size": {"digits", "synthetic"},
+    "partition": {"digits"},
+    "alpha": {"digits"},
+    "shards_per_client": {"digits"},
+    "synthetic_alpha": {"synthetic"},
+    "synthetic_beta": {"synthetic"},
+    "drawers_per_client": {"omniglot"},
+}
+
+
+def _only(readers: list[str]) -> str:
+    if not readers:
+        return "no dataset reads it in this mode"
+    return f"only {' and '.join(readers)} {'reads' if len(readers) == 1 else 'read'} it"
+
+
+def _check_dataset_options(cfg: Config) -> None:
+    """Refuse an option the chosen dataset ignores (set away from its default), and
+    episode sizes larger than the data."""
+    data, fed = cfg.data, cfg.federated
+    federated = fed is not None
+    mode = "a federated" if federated else "a"
+    uses = _DATA_USES[(data.name, federated)]
+    for key in _EPISODE_KEYS:
+        if key not in uses and getattr(data, key) != DataConfig.model_fields[key].default:
+            readers = sorted({n for (n, f), keys in _DATA_USES.items() if f == federated and key in keys})
+            raise ConfigError(f"data.{key}", getattr(data, key),
+                              f"no setting here: {mode} {data.name} run ignores it ({_only(readers)})")
+    if fed is None:
+        return
+    for key, readers in _FEDERATED_USES.items():
+        if data.name not in readers and getattr(fed, key) != FederatedConfig.model_fields[key].default:
+            raise ConfigError(f"federated.{key}", getattr(fed, key),
+                              f"no setting here: federated {data.name} ignores it ({_only(sorted(readers))})")
+    if data.name == "digits":
+        if fed.partition == "natural":
+            raise ConfigError("federated.partition", fed.partition, "'dirichlet' or 'shards' for digits (no natural owners)")
+        if fed.partition != "dirichlet" and fed.alpha != FederatedConfig.model_fields["alpha"].default:
+            raise ConfigError("federated.alpha", fed.alpha, "no setting here: only federated.partition = 'dirichlet' reads it")
+        if fed.partition != "shards" and fed.shards_per_client != FederatedConfig.model_fields["shards_per_client"].default:
+            raise ConfigError("federated.shards_per_client", fed.shards_per_client, "no setting here: only federated.partition = 'shards' reads it")
+    limit = {"digits": DIGITS_EXAMPLES, "synthetic": SYNTHETIC_MAX_EXAMPLES}.get(data.name)
+    if limit is not None:
+        holds = f"{limit} examples in all" if data.name == "digits" else f"at most {limit} examples per client"
+        for key, other in (("support_size", "query_size"), ("query_size", "support_size")):
+            if getattr(fed, key) + getattr(fed, other) > limit:
+                raise ConfigError(f"federated.{key}", getattr(fed, key),
+                                  f"at most {limit - getattr(fed, other)} (with federated.{other} = {getattr(fed, other)}, "
+                                  f"{data.name} holds {holds})")
+
+
+_ACCEPTED = {  # what a key takes, where pydantic's own message would be vaguer
+    "run.seed": f"an integer in 0..{MAX_SEED} (2^63 - 1)",
+    "privacy.noise_seed": f"an integer in 0..{MAX_SEED} (2^63 - 1)",
+    "run.threads": f"an integer in 1..{MAX_THREADS} (torch threads)",
+}
+_TYPES = {  # pydantic error type -> what a TOML value of that key must look like
+    "int_type": "an integer (e.g. 3; not \"3\", 3.0 or true)",
+    "float_type": "a number (e.g. 0.5; not a string or true)",
+    "finite_number": "a finite number (not inf or nan)",
+    "bool_type": "true or false",
+    "string_type": "a string in quotes",
+    "list_type": "a list [...]",
+    "dict_type": "a table { ... }",
+    "model_type": "a table [section]",
+    "model_attributes_type": "a table [section]",
+}
+
+
+def _section_of(loc: list[str]) -> type[BaseModel]:
+    section: type[BaseModel] = Config
+    for part in loc:
+        ann = section.model_fields[part].annotation
+        section = next(a for a in (*typing.get_args(ann), ann) if isinstance(a, type) and issubclass(a, BaseModel))
+    return section
+
+
 def _field_error(err: ValidationError) -> ConfigError:
     """The first pydantic error as one ConfigError naming the dotted field."""
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     field = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
-        section: type[BaseModel] = Config
-        for part in loc[:-1]:
-            ann = section.model_fields[part].annotation
-            section = next(a for a in (*typing.get_args(ann), ann) if isinstance(a, type) and issubclass(a, BaseModel))
-        accepted = ", ".join(section.model_fields)
-        return ConfigError(field, first["input"], f"unknown key; accepted keys here: {accepted}")
+        keys = list(_section_of(loc[:-1]).model_fields)
+        near = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
+        where = ".".join(loc[:-1])
+        if near:
+            hint = f"did you mean {'.'.join([*loc[:-1], near[0]])}?"
+        else:
+            hint = f"no key of [{where}] is close; see configs/ or README.md" if where else "no section is close; see configs/ or README.md"
+        return ConfigError(field, first["input"], f"unknown key; {hint}")
     ctx = first.get("ctx", {})
     if isinstance(ctx.get("error"), ConfigError):
         return ctx["error"]
-    return ConfigError(field, first.get("input"), first["msg"])
+    accepted = _ACCEPTED.get(field) or _TYPES.get(first["type"]) or first["msg"].replace("Input should be ", "")
+    return ConfigError(field, first.get("input"), accepted)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -271,16 +389,34 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError("--set", item, "KEY=VALUE with a dotted key, e.g. meta.inner_lr=0.01")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as err:
+        if raw.strip()[:1] in ("'", '"', "[", "{"):  # meant as a TOML string, list or table
+            reason = str(err).replace("(at line 1, ", "(at ")
+            raise ConfigError(key.strip(), raw, f"a complete TOML value: {reason}") from None
         value = raw  # a bare word: treat it as a string
     return key.strip().split("."), value
+
+
+def _check_paths(cfg: Config) -> None:
+    """The folders a config names exist, before anything is written."""
+    if cfg.data.data_dir is not None and not Path(cfg.data.data_dir).expanduser().is_dir():
+        raise ConfigError("data.data_dir", cfg.data.data_dir, "an existing folder (--data-dir)")
+    if cfg.data.name == "omniglot" and cfg.data.data_dir is not None:  # it holds Omniglot
+        from fedmeta.data.omniglot import resolve_data_dir
+
+        resolve_data_dir(cfg.data.data_dir)
+    keys = cfg.ledger.client_keys
+    if keys is not None and not Path(keys).expanduser().is_dir():
+        raise ConfigError("ledger.client_keys", keys,
+                          "an existing folder of <client id>.pem keys (made by `fedmeta keys create --out`)")
 
 
 DEMO = Path(__file__).with_name("demo.toml")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read TOML (the built-in demo when `path` is None), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] = (), *, check_paths: bool = True) -> Config:
+    """Read TOML (the built-in demo when `path` is None), apply overrides, validate; with
+    `check_paths`, also that the folders it names (data, client keys) exist here."""
     raw: dict[str, Any] = {}
     if path is None:
         raw = tomllib.loads(DEMO.read_text())
@@ -289,7 +425,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not p.is_file():
             raise ConfigError("config", str(p), "path to an existing TOML file")
         try:
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError("config", str(p), f"a UTF-8 TOML file (byte {err.start} is {err.object[err.start]:#04x})") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError("config", str(p), f"valid TOML ({err})") from None
     for item in overrides:
@@ -301,6 +439,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
                 raise ConfigError(".".join(keys), value, f"{k} is a value, not a section")
         node[keys[-1]] = value
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise _field_error(err) from None
+    if check_paths:
+        _check_paths(cfg)
+    return cfg

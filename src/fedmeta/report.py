@@ -7,6 +7,7 @@ by `fedmeta report DIR`.
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 from collections import defaultdict
@@ -16,6 +17,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from fedmeta.errors import BadInput, FedmetaError
 
 
 def _series(rows: list[dict], split: str, key: str) -> tuple[list, list]:
@@ -149,19 +152,72 @@ def _ledger_table(run_dir: Path) -> str:
     )
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object file of the run folder; anything else is bad input naming the file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise BadInput(path.name, str(path), f"a JSON object in UTF-8 (byte {err.start} is not UTF-8)") from None
+    except json.JSONDecodeError as err:
+        raise BadInput(path.name, str(path), f"a JSON object, as `fedmeta run` writes it ({err})") from None
+    if not isinstance(doc, dict):
+        raise BadInput(path.name, str(path), "a JSON object, as `fedmeta run` writes it")
+    return doc
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a `metrics.jsonl`; a line that is not a JSON object is bad input naming it."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise BadInput(path.name, str(path), f"UTF-8 JSON lines (byte {err.start} is not UTF-8)") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            row, reason = None, f"{err.msg} at column {err.colno}"
+        else:
+            reason = "a JSON object"
+        if not isinstance(row, dict):
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise BadInput(f"{path.name} line {number}", shown,
+                           f"one JSON object per line ({reason}), as `fedmeta run` writes it")
+        rows.append(row)
+    return rows
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Write the PNGs and `report.html` of a run folder; returns the HTML path."""
+    """Write the PNGs and `report.html` of a run folder; returns the HTML path. Malformed
+    input files are bad input; a folder that cannot take the files (full disk, read-only)
+    is a one-line failure naming what to run again."""
     run_dir = Path(run_dir)
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = _read_json(summary_path) if summary_path.exists() else {}
+    per_client_path = run_dir / "personalization.json"
+    per_client = _read_json(per_client_path) if per_client_path.exists() else None
+    try:
+        return _write(run_dir, rows, summary, per_client)
+    except OSError as err:
+        plt.close("all")
+        reason = err.strerror or str(err)
+        code = errno.errorcode.get(err.errno, "")
+        raise FedmetaError(
+            f"cannot write the report in {run_dir}: {reason}{f' ({code})' if code else ''}; "
+            f"once the folder can take it, rebuild it with `fedmeta report {run_dir}`"
+        ) from err
+
+
+def _write(run_dir: Path, rows: list[dict], summary: dict, per_client: dict | None) -> Path:
     figures: dict[str, str] = {}
     for metric, title in (("loss", "Query loss before and after adaptation"), ("acc", "Query accuracy before and after adaptation")):
         name = f"{metric}.png"
         if _plot_before_after(rows, metric, run_dir / name):
             figures[name] = title
-    per_client_path = run_dir / "personalization.json"
-    if per_client_path.exists() and _plot_personalization(json.loads(per_client_path.read_text()), run_dir / "personalization.png"):
+    if per_client is not None and _plot_personalization(per_client, run_dir / "personalization.png"):
         figures["personalization.png"] = "Personalization: held-out clients before and after adaptation"
     if _plot_bytes(rows, run_dir / "bytes.png"):
         figures["bytes.png"] = "Communication per round (bytes counted from the serialized updates)"

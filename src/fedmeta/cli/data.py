@@ -24,15 +24,23 @@ def download(
     part: Parts = None,
 ) -> None:
     """Download a dataset from its official source."""
-    from fedmeta.data.omniglot import download_omniglot
+    from fedmeta.data.omniglot import _URL_PATHS, download_omniglot
 
     if dataset != "omniglot":
-        raise DataError("dataset", dataset, "omniglot (digits ship with scikit-learn)")
+        raise DataError("DATASET", dataset, "omniglot (digits ship with scikit-learn)")
+    for name in part or ():
+        if name not in _URL_PATHS:
+            raise DataError("--part", name, f"one of {', '.join(_URL_PATHS)}")
     base = data_dir or os.environ.get("FEDMETA_DATA")
     if not base:
         raise DataError("--data-dir", None, "a folder to download into, or set FEDMETA_DATA")
     dest = Path(base).expanduser()
     dest = dest if dest.name == "omniglot" else dest / "omniglot"
+    field = "--data-dir" if data_dir else "FEDMETA_DATA"
+    try:  # a folder that can take the archives, before any download
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(field, str(base), f"a folder to download into ({err.strerror or err}: {dest})") from None
     for path in download_omniglot(dest, tuple(part)) if part else download_omniglot(dest):
         typer.echo(f"{path} ({path.stat().st_size:,} bytes)")
 

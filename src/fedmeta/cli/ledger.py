@@ -23,6 +23,19 @@ def _known_head(text: str | None) -> tuple[int, str] | None:
     return int(size), root
 
 
+def _check_eth_url(url: str) -> None:
+    """An Ethereum node's JSON-RPC endpoint over HTTP(S), as `ledger.anchor.connect` takes it."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadInput("--eth-url", url, "an http:// or https:// URL of an Ethereum JSON-RPC node, e.g. http://127.0.0.1:8545")
+
+
 @ledger_app.command()
 def verify(
     path: LedgerPath,
@@ -40,7 +53,8 @@ def verify(
     from fedmeta.ledger import Ledger, verify_ledger
 
     anchor = None
-    if eth_url:
+    if eth_url is not None:
+        _check_eth_url(eth_url)
         from fedmeta.ledger.anchor import connect
 
         anchor = connect(eth_url)

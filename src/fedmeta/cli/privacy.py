@@ -8,7 +8,15 @@ from typing import TypeVar
 import typer
 
 from fedmeta.errors import BadInput
-from fedmeta.privacy.accountant import KINDS, Steps, epsilon_of, noise_multiplier_for
+from fedmeta.privacy.accountant import (
+    KINDS,
+    MAX_PLD_EPSILON,
+    MAX_PLD_STEPS,
+    Steps,
+    check_pld_affordable,
+    epsilon_of,
+    noise_multiplier_for,
+)
 
 T = TypeVar("T")
 
@@ -31,14 +39,24 @@ def epsilon(
     sample_rate: float = typer.Option(..., help="Poisson sampling rate q in (0, 1]."),
     steps: int = typer.Option(..., help="Number of steps (or rounds)."),
     delta: float = typer.Option(..., help="δ in (0, 1)."),
+    accountant: str = typer.Option(
+        "both", help=f"rdp, pld or both (PLD: at most {MAX_PLD_STEPS:,} steps and ε <= {MAX_PLD_EPSILON:g})."
+    ),
 ) -> None:
     """Print ε at δ after STEPS subsampled Gaussian steps, by RDP and by PLD accounting."""
-    for kind in KINDS:
-        eps = _as_options(
-            lambda kind=kind: epsilon_of(
-                (Steps(noise_multiplier, sample_rate, steps),), delta, kind
-            )
-        )
+    if accountant not in (*KINDS, "both"):
+        raise BadInput("--accountant", accountant, "rdp, pld or both")
+    kinds = KINDS if accountant == "both" else (accountant,)
+
+    def history() -> tuple[Steps, ...]:
+        run = Steps(noise_multiplier, sample_rate, steps)
+        if "pld" in kinds:  # every check before anything is printed
+            check_pld_affordable(run, delta)
+        return (run,)
+
+    runs = _as_options(history)
+    for kind in kinds:
+        eps = _as_options(lambda kind=kind: epsilon_of(runs, delta, kind))
         typer.echo(f"epsilon ({kind.upper()}) = {eps:.6g}")
 
 

@@ -25,6 +25,14 @@ from fedmeta.errors import BadInput, FedmetaError
 Kind = Literal["rdp", "pld"]
 KINDS: tuple[Kind, ...] = ("rdp", "pld")
 _PLD_INTERVAL = 1e-4  # dp_accounting.pld.PLDAccountant's default value discretization
+# What the accountants can do. RDP adds one curve per (σ, q) times its count, so any count
+# works; 2^53 keeps the count exact as a float. A composed PLD has a bin per 1e-4 of
+# privacy loss: 10^7 steps at σ=1, q=0.01 take 10 s and 0.8 GB (2 cores), and its size
+# follows ε, so PLD is refused where RDP already puts ε above MAX_PLD_EPSILON (σ=0.5, q=1:
+# 10^3 steps, ε≈2300, 0.9 GB; 10^5 steps, 8.6 GB).
+MAX_STEPS = 2**53
+MAX_PLD_STEPS = 10**7
+MAX_PLD_EPSILON = 1000.0
 
 
 @dataclass(frozen=True)
@@ -40,8 +48,8 @@ class Steps:
             raise BadInput("noise_multiplier", self.noise_multiplier, "σ > 0 (finite)")
         if not 0 < self.sample_rate <= 1:
             raise BadInput("sample_rate", self.sample_rate, "a rate q in (0, 1]")
-        if not (isinstance(self.count, int) and self.count >= 1):
-            raise BadInput("steps", self.count, "an integer >= 1")
+        if not (isinstance(self.count, int) and 1 <= self.count <= MAX_STEPS):
+            raise BadInput("steps", self.count, f"an integer in 1..{MAX_STEPS:,} (2^53)")
 
     def dp_event(self) -> dp_accounting.DpEvent:
         return _event(self.noise_multiplier, self.sample_rate, self.count)
@@ -128,6 +136,34 @@ def _pld_epsilon(history: tuple[Steps, ...], delta: float) -> float:
     return float(pld.get_epsilon_for_delta(delta))
 
 
+def check_pld_affordable(steps: Steps, delta: float) -> None:
+    """Refuse, before allocating anything, a PLD computation of `steps` too large to hold:
+    more than MAX_PLD_STEPS steps, or more steps than keep RDP's ε at δ within
+    MAX_PLD_EPSILON (the composed distribution's size follows ε)."""
+    delta = _check_delta(delta)
+    sigma, q = steps.noise_multiplier, steps.sample_rate
+    accepted = (f"an integer in 1..{{:,}} for PLD accounting at σ={sigma:g}, q={q:g} ({{}}); "
+                f"RDP accounting takes up to {MAX_STEPS:,}")
+    if steps.count > MAX_PLD_STEPS:
+        raise BadInput("steps", steps.count, accepted.format(MAX_PLD_STEPS, "its distribution grows with the steps"))
+
+    def rdp(count: int) -> float:
+        return _rdp_epsilon((Steps(sigma, q, count),), delta)
+
+    if rdp(steps.count) <= MAX_PLD_EPSILON:
+        return
+    low, high = 0, steps.count  # rdp(low) <= limit < rdp(high); ε grows with the count
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if rdp(mid) <= MAX_PLD_EPSILON else (low, mid)
+    why = f"beyond, RDP already gives ε > {MAX_PLD_EPSILON:g} and the distribution would take gigabytes"
+    if low == 0:
+        raise BadInput("noise_multiplier", sigma,
+                       f"a larger σ for PLD accounting at q={q:g}: one step already has ε > {MAX_PLD_EPSILON:g} by RDP; "
+                       "use RDP accounting")
+    raise BadInput("steps", steps.count, accepted.format(low, why))
+
+
 def _appended(history: tuple[Steps, ...], steps: Steps) -> tuple[Steps, ...]:
     """`history` followed by `steps`, merging with the last run when σ and q match."""
     if history:
@@ -199,6 +235,13 @@ def noise_multiplier_for(
     target_epsilon, delta = _check_epsilon(target_epsilon), _check_delta(delta)
     kind = _check_kind(accountant)
     Steps(1.0, sample_rate, steps)  # validates q and steps
+    if kind == "pld":  # calibration probes σ down to where ε meets the target
+        if steps > MAX_PLD_STEPS:
+            raise BadInput("steps", steps, f"an integer in 1..{MAX_PLD_STEPS:,} for PLD accounting "
+                                           f"(its distribution grows with the steps); RDP accounting takes up to {MAX_STEPS:,}")
+        if target_epsilon > MAX_PLD_EPSILON:
+            raise BadInput("target_epsilon", target_epsilon, f"ε <= {MAX_PLD_EPSILON:g} for PLD accounting "
+                                                            "(its distribution grows with ε); use RDP accounting")
     try:
         return float(
             dp_accounting.calibrate_dp_mechanism(
