@@ -74,69 +74,77 @@ def eval_batch(cfg: Config, tasks: TaskDistribution, offset: int) -> Any:
 
 
 def train(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """Meta-train to the end. Every evaluation is committed to the checkpoint with its
+    metrics rows, then published; the end commits the summary, then writes `model.pt` and
+    `summary.json` (`fedmeta.rundir`), so a resumed run repeats nothing it published."""
     setup = build(cfg)
     learner, meta = setup.learner, setup.meta
     use_threads(cfg, learner.batching)
     opt = outer_optimizer(cfg, meta)
     gen = torch.Generator().manual_seed(cfg.run.seed)
-    start, elapsed = 0, 0.0
-    state = run.load_checkpoint() if resume else None
-    if state is not None:
+    progress: dict[str, Any] = {"iteration": 0, "elapsed": 0.0, "last": {}}
+    committed = run.load_checkpoint() if resume else None
+    if committed is not None:
+        state = committed["state"]
         for k, v in state["meta"].items():
             meta[k].copy_(v)
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
-        start, elapsed = state["iteration"], state["elapsed"]
+        progress = state["progress"]
+    t0 = time.perf_counter() - progress["elapsed"]
+
+    def publish(step: dict[str, Any]) -> dict | None:
+        if "final" not in step:
+            return None
+        run.save_model(meta)
+        run.write_json("summary.json", step["final"])
+        return step["final"]
+
+    def commit(step: dict[str, Any]) -> dict | None:
+        progress["elapsed"] = time.perf_counter() - t0
+        state = {"meta": meta, "optimizer": opt.state_dict(), "generator": gen.get_state(), "progress": progress}
+        run.commit(state, step)
+        return publish(step)
+
+    if committed is not None and (done := publish(committed["publish"])) is not None:
+        return done
     evals = {
         "test": eval_batch(cfg, setup.test_tasks, 10_000),
         "train": eval_batch(cfg, setup.train_tasks, 20_000),
     }
 
-    def evaluate(it: int, train_loss: float | None) -> dict:
-        rows = {}
+    def evaluate(it: int, train_loss: float | None) -> list[dict]:
+        rows = []
         for split, batch in evals.items():
             row = {"round": it, "split": split, **learner.evaluate(meta, batch, cfg.meta.eval_inner_steps)}
             if split == "train" and train_loss is not None:
                 row["meta_loss"] = train_loss
-            run.log(row)
-            rows[split] = row
-        return rows["test"]
+            rows.append(row)
+        progress["iteration"], progress["last"] = it, rows[0]
+        return rows
 
-    t0 = time.perf_counter() - elapsed
-    last = {}
+    start = progress["iteration"]
     with progress_bar(cfg.train.iterations, start, "meta-training", show_progress) as advance:
-        if start == 0:
-            last = evaluate(0, None)
+        if committed is None:
+            commit({"rows": evaluate(0, None)})
         for it in range(start + 1, cfg.train.iterations + 1):
             loss, grads = learner.meta_gradient(meta, setup.train_tasks.sample(cfg.meta.meta_batch_size, gen))
             for k, p in meta.items():
                 p.grad = grads[k]
             opt.step()
             if it % cfg.train.eval_every == 0 or it == cfg.train.iterations:
-                last = evaluate(it, float(loss))
-                run.save_checkpoint(
-                    {
-                        "meta": meta,
-                        "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(),
-                        "iteration": it,
-                        "elapsed": time.perf_counter() - t0,
-                    }
-                )
+                commit({"rows": evaluate(it, float(loss))})
+            last = progress["last"]
             advance(loss=float(loss), **{k: last[k] for k in ("loss_after", "acc_after") if k in last})
-    run.save_model(meta)
-    if not last:
-        last = run.metrics()[-2]
     summary = {
         "mode": "centralized",
         "algorithm": cfg.meta.algorithm,
         "iterations": cfg.train.iterations,
         "seconds": round(time.perf_counter() - t0, 2),
-        "final": {k: v for k, v in last.items() if k not in ("round", "split")},
+        "final": {k: v for k, v in progress["last"].items() if k not in ("round", "split")},
     }
     if cfg.train.lake_runs:
         from fedmeta.data.omniglot import lake_runs_error
 
         summary["lake_error_rate"] = lake_runs_error(learner, meta, cfg)
-    run.write_json("summary.json", summary)
-    return summary
+    return commit({"rows": [], "final": summary})

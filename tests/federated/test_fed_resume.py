@@ -58,7 +58,7 @@ def test_resume_after_sigkill_reproduces_final_parameters(tmp_path: Path):
     deadline = time.time() + 300
     while time.time() < deadline:  # kill once a few rounds are checkpointed, before the end
         ck = killed / "checkpoint.pt"
-        if ck.exists() and torch.load(ck, weights_only=False)["simulation"]["round"] >= 3:
+        if ck.exists() and torch.load(ck, weights_only=True)["state"]["simulation"]["round"] >= 3:
             break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)

@@ -43,8 +43,9 @@ def fails(run: Run, match: str | None = None, **kwargs) -> VerificationError:
 
 
 def test_good_run_verifies_from_dir_and_db(run):
-    assert verify_ledger(run.dir, public_key=run.server_public) is None
-    assert verify_ledger(run.dir / "ledger.db") is None
+    covered = verify_ledger(run.dir, public_key=run.server_public)
+    assert covered == {f"models/{sha}.pt": sha for sha in run.models[1:]}  # every round's model
+    assert verify_ledger(run.dir / "ledger.db") == covered
 
 
 def test_stored_bytes_are_canonical_and_hashed_per_rfc(run):

@@ -217,7 +217,7 @@ def test_every_proof_verifies_up_to_33_leaves():
         r = tree.root(n)
         for i in range(n):
             merkle.verify_inclusion(tree.leaf(i), i, n, tree.inclusion_proof(i, n), r)
-        for m in range(n + 1):
+        for m in range(1, n + 1):
             merkle.verify_consistency(m, n, tree.root(m), r, tree.consistency_proof(m, n))
 
 
@@ -286,3 +286,13 @@ def test_bad_proof_requests_are_bad_input():
         tree.inclusion_proof(8)
     with pytest.raises(BadInput):
         tree.consistency_proof(3, 9)
+
+
+@pytest.mark.parametrize("new", [0, 1, 5])
+@pytest.mark.parametrize("old_root", [merkle.EMPTY_ROOT, b"\0" * 32])
+def test_consistency_from_the_empty_tree_is_refused(new, old_root):
+    """A proof from size 0 proves nothing (transparency-dev refuses it too); before, any
+    pair of roots at sizes (0, 0) passed."""
+    tree = merkle.MerkleTree(leaves_of([bytes([i]) for i in range(new)]))
+    with pytest.raises(VerificationError, match="consistency sizes"):
+        merkle.verify_consistency(0, new, old_root, tree.root(), [])

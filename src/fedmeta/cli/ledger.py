@@ -59,7 +59,7 @@ def verify(
 
         anchor = connect(eth_url)
     try:
-        verify_ledger(
+        covered = verify_ledger(
             path, public_key=public_key, anchor=anchor, known_head=_known_head(known_root)
         )
     except BadInput as err:
@@ -71,6 +71,8 @@ def verify(
         pinned = "pinned" if public_key else "as recorded; pin it with --public-key"
         typer.echo(f"ok: {ledger.size} entries, {len(heads)} signed tree heads, root {root}")
         typer.echo(f"server key {ledger.public_key} ({pinned})")
+    for name, sha in covered.items():
+        typer.echo(f"covers {name} {sha}")
 
 
 def _short(sha: str | None) -> str:

@@ -31,22 +31,39 @@ def run(
     if resume is not None:
         if config is not None or set_ or data_dir:
             raise BadInput("--resume", str(resume), "no CONFIG or --set with --resume (the folder's config is used)")
-        folder, cfg = RunDir.open(resume)
+        folder, cfg = RunDir.open(resume, lock=True)
+        if (folder.path / "summary.json").is_file():
+            if not (folder.path / "report.html").is_file():  # killed while the report was written
+                write_report(folder.path)
+            print(f"fedmeta: {folder.path} already finished (see summary.json); nothing to resume", file=sys.stderr)
+            return
+        folder.read_checkpoint()  # a damaged or foreign checkpoint is refused before anything runs
     else:
         overrides = list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else [])
         cfg = load_config(config, overrides)
         folder = RunDir.create(out, cfg)
     print(f"run folder: {folder.path}", file=sys.stderr)
+    if cfg.privacy.dp != "off" and cfg.privacy.noise_seed is None:
+        print("privacy: DP noise is drawn from the operating system's randomness, so two runs differ; "
+              "set privacy.noise_seed for a reproducible experiment (never in deployment)", file=sys.stderr)
     try:
         driver = run_federated if cfg.federated is not None else train
         summary = driver(cfg, folder, resume=resume is not None, show_progress=progress)
     except (BadInput, KeyboardInterrupt):
         raise
     except Exception as err:
-        raise FedmetaError(
-            f"{type(err).__name__}: {err} (the run folder is resumable: fedmeta run --resume {folder.path})"
-        ) from err
+        raise FedmetaError(f"{type(err).__name__}: {err} ({_resumable(folder)})") from err
     write_report(folder.path)
+    folder.close()
     final = summary["final"]
     figures = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float))
     print(f"done: {figures}; report: {folder.path / 'report.html'}")
+
+
+def _resumable(folder: RunDir) -> str:
+    """What the user can do with the folder of a failed run, said only when true."""
+    try:
+        folder.read_checkpoint()
+    except BadInput as err:
+        return f"the run folder cannot be resumed: {err}"
+    return f"the run folder is resumable: fedmeta run --resume {folder.path}"

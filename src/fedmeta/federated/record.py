@@ -1,16 +1,20 @@
 """A federated run's ledger: every model version, its parent, the updates that made it.
 
-Round entries go to the signed Merkle log (`fedmeta.ledger`) before the round's
-checkpoint, so the ledger is never behind the checkpoint; a resumed run recomputes the
-rounds past its checkpoint deterministically and checks that a round the ledger already
-holds produced the same model, instead of logging it twice. Models are stored
-content-addressed as their wire encoding (`models/<sha256>.pt`).
+The ledger is one of a run's publications (`fedmeta.rundir`): each step is committed to
+the checkpoint first, then published here, and every method below is idempotent, so a
+resumed run repeats the committed step's publication without logging anything twice. The
+ledger itself is created atomically with its `start` entry (run id, SHA-256 of
+`config.toml`, the initial model); a round's refused updates and its `round` entry are
+one batch under one signed tree head; the `end` entry records the SHA-256 of the files a
+user relies on (`model.pt`, `personalization.json`). A finished run seals the tree head
+that covers its `end` entry into `summary.json`, so a ledger cut back later shows without
+outside help. Models are stored content-addressed as their wire encoding
+(`models/<sha256>.pt`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,10 @@ from fedmeta.errors import VerificationError
 from fedmeta.federated.wire import encode, raw
 from fedmeta.ledger import RunLedger, store_model, verify_ledger
 from fedmeta.ledger.keys import load_or_create_private_key, public_key_hex
+from fedmeta.ledger.log import LEDGER_FILE
 from fedmeta.meta.base import Params
+
+CONFIG_FILE = "config.toml"
 
 
 def default_server_key() -> Path:
@@ -33,48 +40,72 @@ def model_bytes(params: Params) -> bytes:
 
 
 class RunRecord:
-    def __init__(self, cfg: Config, run_dir: Path, params: Params, *, resume: bool):
+    def __init__(self, cfg: Config, run_dir: Path):
         key_path = Path(cfg.ledger.server_key) if cfg.ledger.server_key else default_server_key()
         self.key = load_or_create_private_key(key_path)
-        self.run_dir = run_dir
-        if resume and (run_dir / "ledger.db").exists():
-            self.ledger = RunLedger.open(run_dir, self.key)
-            start = json.loads(next(self.ledger.ledger.entries())[1])
-            self.parent = self.ledger.last_model or start["extra"]["initial_model_sha256"]
-            self.run_id = start["run_id"]
-        else:
-            self.ledger = RunLedger.create(run_dir, self.key)
-            self.parent = store_model(run_dir, model_bytes(params))
-            config_hash = hashlib.sha256((run_dir / "config.toml").read_bytes()).hexdigest()
-            from fedmeta import __version__
-
-            participants = dict(cfg.ledger.participants)
-            self.ledger.start(config_hash, __version__, participants, {"initial_model_sha256": self.parent})
-            self.run_id = self.ledger.run_id
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.ledger: RunLedger | None = None
 
     @property
     def public_key(self) -> str:
         return public_key_hex(self.key.public_key())
 
-    def round(self, round_: int, params: Params, commitments: dict[str, str], info: dict[str, Any],
-              aggregation: str, privacy: dict[str, Any], refused: list[dict[str, Any]] = ()) -> None:
-        sha = store_model(self.run_dir, model_bytes(params))
-        logged = self.ledger.last_round
-        if logged is not None and round_ <= logged:  # replayed after a resume
-            if round_ == logged and sha != self.ledger.last_model:
-                raise VerificationError(f"round {round_} model on resume", self.ledger.last_model, sha)
-            self.parent = sha
-            return
-        for rejection in refused:  # signature, key and replay refusals, each its own entry
-            self.ledger.rejection(**rejection)
-        metrics = {k: info[k] for k in ("clients", "sampled", "dropped", "bytes_up", "bytes_down") if k in info}
-        self.ledger.round(round_, sha, self.parent, sorted(commitments), commitments, aggregation, privacy.get("epsilon"), privacy.get("delta"), metrics, info.get("rejected", []))
-        self.parent = sha
+    def _open(self, run_id: str) -> RunLedger:
+        """The run's ledger, which must be this run's (`run_id`)."""
+        if self.ledger is None:
+            self.ledger = RunLedger.open(self.run_dir, self.key)
+        if self.ledger.run_id != run_id:
+            raise VerificationError(f"run id of {self.run_dir / LEDGER_FILE}", run_id, self.ledger.run_id)
+        return self.ledger
 
-    def end(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Close the ledger, verify it from disk, and describe it for the summary."""
-        self.ledger.end(self.parent, summary)
-        size = self.ledger.ledger.size
-        self.ledger.close()
+    @property
+    def parent(self) -> str:
+        """The model the next round must name as its parent."""
+        return self.ledger.last_model or self.ledger.start_entry_body["extra"]["initial_model_sha256"]
+
+    def start(self, run_id: str, params: Params) -> None:
+        """The `start` entry over the initial model (once: an existing ledger must be this run's)."""
+        initial = store_model(self.run_dir, model_bytes(params))
+        if (self.run_dir / LEDGER_FILE).exists():
+            self._open(run_id)
+            return
+        from fedmeta import __version__
+
+        config_hash = hashlib.sha256((self.run_dir / CONFIG_FILE).read_bytes()).hexdigest()
+        extra = {"initial_model_sha256": initial, "config_file": CONFIG_FILE}
+        self.ledger = RunLedger.begin(self.run_dir, self.key, config_hash, __version__,
+                                      dict(self.cfg.ledger.participants), extra, run_id=run_id)
+
+    def round(self, run_id: str, params: Params, entry: dict[str, Any]) -> None:
+        """The round's `round` entry and refusals (once: a logged round must hold this model)."""
+        ledger = self._open(run_id)
+        sha = store_model(self.run_dir, model_bytes(params))
+        r = entry["round"]
+        if ledger.last_round is not None and r <= ledger.last_round:  # published before a crash
+            if r == ledger.last_round and sha != ledger.last_model:
+                raise VerificationError(f"round {r} model on resume", ledger.last_model, sha)
+            return
+        ledger.round(r, sha, self.parent, sorted(entry["commitments"]), entry["commitments"],
+                     entry["aggregation"], entry["epsilon"], entry["delta"], entry["metrics"],
+                     entry["rejected"], entry["refused"])
+
+    def end(self, run_id: str, params: Params, summary: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+        """The `end` entry (once), the ledger verified from disk, and the seal for the summary:
+        the signed tree head that covers the `end` entry."""
+        ledger = self._open(run_id)
+        if not ledger.ended:
+            ledger.end(store_model(self.run_dir, model_bytes(params)), summary, files)
+        size = ledger.end_size
+        head = next(h for h in ledger.ledger.tree_heads() if h.size == size)
+        ledger.close()
+        self.ledger = None
         verify_ledger(self.run_dir, public_key=self.public_key)
-        return {"entries": size, "server_public_key": self.public_key, "verified": True}
+        return {
+            "entries": size,
+            "run_id": run_id,
+            "root": head.root.hex(),
+            "timestamp_ms": head.timestamp_ms,
+            "signature": head.signature.hex(),
+            "server_public_key": self.public_key,
+            "verified": True,
+        }

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from fedmeta.models import build_model, parameters_of
 from fedmeta.privacy.accountant import Accountant, max_steps_for
 from fedmeta.privacy.noise import rng_for
 from fedmeta.progress import progress_bar
-from fedmeta.rundir import RunDir
+from fedmeta.rundir import RunDir, file_sha256
 from fedmeta.threads import use_threads
 
 log = logging.getLogger("fedmeta.federated")
@@ -487,59 +488,94 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
                   sim: Simulation | None = None) -> dict:
     """Drive a federated run to the end, logging, checkpointing and summarising. `sim` is
     the runtime (default: an in-process `Simulation(cfg)`); a deployment passes one whose
-    `collect` reaches real clients, which sign with their own keys."""
+    `collect` reaches real clients, which sign with their own keys.
+
+    Each step (the round-0 evaluation, every round, the end) is committed to the
+    checkpoint with what it publishes, then published (`fedmeta.rundir`): metrics rows,
+    the ledger's entries, and at the end `model.pt`, `personalization.json` and
+    `summary.json`. A resumed run publishes its last committed step again, then goes on."""
     sim = Simulation(cfg) if sim is None else sim
     fed = cfg.federated
     use_threads(cfg, sim.batching)
-    state = run.load_checkpoint() if resume else None
-    elapsed = 0.0
-    if state is not None:
-        sim.load_state_dict(state["simulation"])
-        elapsed = state["elapsed"]
-    record = RunRecord(cfg, run.path, sim.params, resume=resume) if cfg.ledger.enabled else None
+    record = RunRecord(cfg, run.path) if cfg.ledger.enabled else None
+    committed = run.load_checkpoint() if resume else None
+    if committed is None:
+        progress: dict[str, Any] = {"run_id": uuid.uuid4().hex, "elapsed": 0.0, "evaluated": None,
+                                    "last": {}, "per_client": {}, "stopped": None}
+    else:
+        sim.load_state_dict(committed["state"]["simulation"])
+        progress = committed["state"]["progress"]
+    t0 = time.perf_counter() - progress["elapsed"]
+
+    def publish(step: dict[str, Any]) -> dict[str, Any] | None:
+        if record is not None:
+            if "start" in step:
+                record.start(progress["run_id"], sim.params)
+            if "round" in step:
+                record.round(progress["run_id"], sim.params, step["round"])
+        if "final" not in step:
+            return None
+        run.save_model(sim.params)
+        run.write_json("personalization.json", step["final"]["per_client"])
+        summary = dict(step["final"]["summary"])
+        if record is not None:
+            files = {n: file_sha256(run.path / n) for n in ("model.pt", "personalization.json")}
+            summary["ledger"] = record.end(progress["run_id"], sim.params,
+                                           {k: summary[k] for k in ("rounds", "final")}, files)
+        run.write_json("summary.json", summary)
+        return summary
+
+    def commit(step: dict[str, Any]) -> dict[str, Any] | None:
+        progress["elapsed"] = time.perf_counter() - t0
+        run.commit({"simulation": sim.state_dict(), "progress": progress}, step)
+        return publish(step)
+
+    if committed is not None:
+        done = publish(committed["publish"])
+        if done is not None:
+            return done
     keys = cfg.ledger.client_keys if sim.holds_client_keys else None
     if record is not None and (keys or (not sim.holds_client_keys and cfg.ledger.participants)):
-        sim.enable_signing(record.run_id, keys, cfg.ledger.participants)
+        sim.enable_signing(progress["run_id"], keys, cfg.ledger.participants)
     if sim.affordable_rounds is not None and sim.affordable_rounds < fed.rounds:
         print(f"privacy budget: target ε = {cfg.privacy.target_epsilon} at δ = {cfg.privacy.delta} allows "
               f"{sim.affordable_rounds} of federated.rounds = {fed.rounds}; the run will stop there", file=sys.stderr)
-    t0 = time.perf_counter() - elapsed
-    last: dict[str, Any] = {}
-    per_client: dict[str, Any] = {}
-    stopped, evaluated = None, None
 
-    def evaluate(extra: dict[str, Any]) -> None:
-        nonlocal last, per_client, evaluated
-        evaluated = sim.round
+    def evaluate(extra: dict[str, Any]) -> list[dict[str, Any]]:
+        progress["evaluated"] = sim.round
+        rows = []
         for split in ("test", "train") if sim.data.held_out else ("train",):
             row = sim.personalization(split)
             clients = row.pop("per_client")
-            run.log({"round": sim.round, **row, **sim.privacy_spent(), **extra})
+            rows.append({"round": sim.round, **row, **sim.privacy_spent(), **extra})
             if split == "test" or not sim.data.held_out:
-                last, per_client = row, clients
+                progress["last"], progress["per_client"] = row, clients
+        return rows
 
     with progress_bar(fed.rounds, sim.round, "federated rounds", show_progress) as advance:
-        if sim.round == 0:
-            evaluate({"bytes_up": 0, "bytes_down": 0})
+        if committed is None:
+            commit({"rows": evaluate({"bytes_up": 0, "bytes_down": 0}), "start": True})
         while sim.round < fed.rounds:
-            stopped = sim.budget_exhausted()
-            if stopped:
-                log.warning(stopped)
-                print(f"stopping early: {stopped}", file=sys.stderr)
+            progress["stopped"] = sim.budget_exhausted()
+            if progress["stopped"]:
+                log.warning(progress["stopped"])
+                print(f"stopping early: {progress['stopped']}", file=sys.stderr)
                 break
             info = sim.run_round()
-            if record is not None:
-                record.round(sim.round, sim.params, sim.last_commitments, info, fed.strategy, sim.privacy_spent(), sim.refused)
+            spent = sim.privacy_spent()
+            entry = {"round": sim.round, "commitments": sim.last_commitments, "aggregation": fed.strategy,
+                     "epsilon": spent.get("epsilon"), "delta": spent.get("delta"),
+                     "metrics": {k: info[k] for k in ("clients", "sampled", "dropped", "bytes_up", "bytes_down") if k in info},
+                     "rejected": info.get("rejected", []), "refused": list(sim.refused)}
             if sim.round % fed.eval_every == 0 or sim.round == fed.rounds:
-                evaluate(info)
+                rows = evaluate(info)
             else:
-                run.log({**info, "split": "round"})
-            run.save_checkpoint({"simulation": sim.state_dict(), "elapsed": time.perf_counter() - t0})
+                rows = [{**info, "split": "round"}]
+            commit({"rows": rows, "round": entry})
+            last = progress["last"]
             advance(**{k: last[k] for k in ("loss_after", "acc_after") if k in last})
-    if evaluated != sim.round:  # the loop ended off-schedule (budget stop) or was resumed at its end
-        evaluate({})
-    run.save_model(sim.params)
-    run.write_json("personalization.json", per_client)
+    # the loop ended off-schedule (budget stop): the final model is evaluated once more
+    rows = evaluate({}) if progress["evaluated"] != sim.round else []
     audit = membership_audit(sim.learner, sim.params, sim.data) if cfg.privacy.audit else None
     summary = {
         "mode": "federated",
@@ -547,19 +583,16 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
         "algorithm": cfg.meta.algorithm if fed.local_procedure == "fedmeta" else fed.local_procedure,
         "strategy": fed.strategy,
         "rounds": sim.round,
-        "stopped": stopped,
+        "stopped": progress["stopped"],
         **sim.privacy_spent(),
         "seconds": round(time.perf_counter() - t0, 2),
-        "final": {k: v for k, v in last.items() if k not in ("round", "split")},
+        "final": {k: v for k, v in progress["last"].items() if k not in ("round", "split")},
     }
     if cfg.privacy.dp != "off" or cfg.privacy.secure_aggregation != "off":
         summary["privacy"] = cfg.privacy.model_dump(include={"dp", "clipping", "secure_aggregation"})
     if audit is not None:
         summary["membership_audit"] = audit
-    per_round = {r["round"]: r for r in run.metrics() if "bytes_up" in r}  # one row per round counts
+    per_round = {r["round"]: r for r in run.metrics() + rows if "bytes_up" in r}  # one row per round counts
     for key in ("bytes_up", "bytes_down"):
         summary[f"{key}_total"] = sum(r[key] for r in per_round.values())
-    if record is not None:
-        summary["ledger"] = record.end({k: summary[k] for k in ("rounds", "final")})
-    run.write_json("summary.json", summary)
-    return summary
+    return commit({"rows": rows, "final": {"summary": summary, "per_client": progress["per_client"]}})

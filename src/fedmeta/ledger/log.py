@@ -10,6 +10,7 @@ hash from the bytes. A tree head signs `TREE_HEAD_DOMAIN || size || timestamp_ms
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 import time
@@ -83,7 +84,9 @@ def ledger_path(path: str | Path) -> Path:
 class Ledger:
     """One open `ledger.db`: read it, or append batches when holding the server key."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, key: Ed25519PrivateKey | None):
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, key: Ed25519PrivateKey | None, wal: bool = True
+    ):
         self._conn, self.path, self._key = conn, path, key
         self.public_key = self._meta("public_key")
         if key is not None and keys.public_key_hex(key) != self.public_key:
@@ -91,24 +94,43 @@ class Ledger:
                 "server key", keys.public_key_hex(key), f"the ledger's key {self.public_key}"
             )
         self.clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000
-        if key is not None:  # one fsync per batch while writing; a single file at rest
+        if key is not None and wal:  # one fsync per batch while writing; one file at rest
             conn.execute("PRAGMA journal_mode=WAL")
         self._tree_cache: MerkleTree | None = None
 
     @classmethod
-    def create(cls, path: str | Path, server_key: Ed25519PrivateKey) -> Ledger:
+    def create(
+        cls, path: str | Path, server_key: Ed25519PrivateKey, first: Sequence[dict[str, Any]] = ()
+    ) -> Ledger:
+        """A new ledger at `path`; with `first`, it appears whole or not at all: built with
+        its first batch and signed tree head in a temporary file, then renamed into place,
+        so a crash never leaves a ledger without its first entries."""
         path = ledger_path(path)
         if path.exists():
             raise BadInput("ledger", str(path), "a path where no ledger exists yet")
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path)
-        with conn:
-            conn.executescript(_SCHEMA)
-            conn.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [("format", FORMAT), ("public_key", keys.public_key_hex(server_key))],
-            )
-        return cls(conn, path, server_key)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        for stale in (tmp, tmp.with_name(tmp.name + "-journal")):
+            stale.unlink(missing_ok=True)
+        conn = sqlite3.connect(tmp)
+        try:
+            with conn:
+                conn.executescript("PRAGMA synchronous=FULL;" + _SCHEMA)
+                conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("format", FORMAT), ("public_key", keys.public_key_hex(server_key))],
+                )
+            if first:
+                cls(conn, tmp, server_key, wal=False).append(first)
+            conn.close()
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            conn.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return cls.open(path, server_key)
 
     @classmethod
     def open(cls, path: str | Path, server_key: Ed25519PrivateKey | None = None) -> Ledger:
@@ -130,7 +152,10 @@ class Ledger:
 
     def close(self) -> None:
         if self._key is not None:
-            self._conn.execute("PRAGMA journal_mode=DELETE")
+            try:  # back to one file at rest, unless a reader has the ledger open right now
+                self._conn.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass
         self._conn.close()
 
     def __enter__(self) -> Self:

@@ -175,12 +175,12 @@ def verify_consistency(
     old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
 ) -> None:
     """RFC 9162 §2.1.4.2: return None if the tree at `old_size` is a prefix of `new_size`."""
-    if not 0 <= old_size <= new_size:
-        raise VerificationError("consistency sizes", f"0 <= old <= new {new_size}", old_size)
-    if old_size in (0, new_size):
+    if not 1 <= old_size <= new_size:  # as transparency-dev's verifier: from size 0 proves nothing
+        raise VerificationError("consistency sizes", f"1 <= old <= new {new_size}", old_size)
+    if old_size == new_size:
         if proof:
             raise VerificationError("consistency proof length", 0, len(proof))
-        if old_size and old_root != new_root:
+        if old_root != new_root:
             raise VerificationError("root of an unchanged tree", old_root.hex(), new_root.hex())
         return
     if not proof:

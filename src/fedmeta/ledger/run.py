@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -38,7 +39,10 @@ def store_model(run_dir: str | Path, data: bytes) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     return digest
 
@@ -55,9 +59,12 @@ class RunLedger:
     def __init__(self, ledger: Ledger, run_dir: Path):
         self.ledger, self.run_dir = ledger, run_dir
         self.run_id: str | None = None
+        self.start_entry_body: dict[str, Any] | None = None
         self.last_round: int | None = None
         self.last_model: str | None = None
         self.ended = False
+        self.end_size: int | None = None  # tree size that covers the `end` entry
+        self.tracked = 0
         for _, body, _ in ledger.entries():
             self._track(json.loads(body))
 
@@ -81,21 +88,25 @@ class RunLedger:
         self.close()
 
     def _track(self, entry: dict[str, Any]) -> None:
+        self.tracked += 1
         kind = entry.get("type")
         if kind == "start":
-            self.run_id = entry["run_id"]
+            self.run_id, self.start_entry_body = entry["run_id"], entry
         elif kind == "round":
             self.last_round, self.last_model = entry["round"], entry["model_sha256"]
         elif kind == "end":
-            self.ended = True
+            self.ended, self.end_size = True, self.tracked
 
-    def _append(self, entry: dict[str, Any]) -> TreeHead:
-        if entry["type"] != "start" and self.run_id is None:
-            raise BadInput("ledger entry", entry["type"], "a `start` entry first")
-        if self.ended and entry["type"] != "anchor":
-            raise BadInput("ledger entry", entry["type"], "only anchors after the `end` entry")
-        head = self.ledger.append([entry])
-        self._track(entry)
+    def _append(self, *entries: dict[str, Any]) -> TreeHead:
+        """Append `entries` in one transaction under one signed tree head."""
+        for entry in entries:
+            if entry["type"] != "start" and self.run_id is None:
+                raise BadInput("ledger entry", entry["type"], "a `start` entry first")
+            if self.ended and entry["type"] != "anchor":
+                raise BadInput("ledger entry", entry["type"], "only anchors after the `end` entry")
+        head = self.ledger.append(list(entries))
+        for entry in entries:
+            self._track(entry)
         return head
 
     def _require_model(self, field: str, sha256_hex: str) -> None:
@@ -103,6 +114,45 @@ class RunLedger:
             raise BadInput(
                 field, sha256_hex, f"the hash of a file stored by store_model in {self.run_dir}"
             )
+
+    @staticmethod
+    def start_entry(
+        config_hash: str,
+        software_version: str,
+        participants: dict[str, str],
+        server_public_key: str,
+        extra: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        for client_id, public in participants.items():
+            keys.load_public_key(public, field=f"ledger.participants.{client_id}")
+        return {
+            "type": "start",
+            "run_id": run_id or uuid.uuid4().hex,
+            "config_hash": config_hash,
+            "software_version": software_version,
+            "participants": dict(participants),
+            "server_public_key": server_public_key,
+            "extra": extra or {},
+        }
+
+    @classmethod
+    def begin(
+        cls,
+        path: str | Path,
+        server_key: Ed25519PrivateKey,
+        config_hash: str,
+        software_version: str,
+        participants: dict[str, str],
+        extra: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> RunLedger:
+        """A new ledger holding its signed `start` entry, created atomically (all or nothing)."""
+        public = keys.public_key_hex(server_key)
+        entry = cls.start_entry(config_hash, software_version, participants, public, extra, run_id)
+        run_dir = _run_dir(path)
+        return cls(Ledger.create(run_dir / LEDGER_FILE, server_key, [entry]), run_dir)
 
     def start(
         self,
@@ -116,18 +166,10 @@ class RunLedger:
         """First entry: what runs, who may contribute (client id -> public key hex), who signs."""
         if self.ledger.size:
             raise BadInput("start", self.ledger.path, "an empty ledger")
-        for client_id, public in participants.items():
-            keys.load_public_key(public, field=f"participants.{client_id}")
         return self._append(
-            {
-                "type": "start",
-                "run_id": run_id or uuid.uuid4().hex,
-                "config_hash": config_hash,
-                "software_version": software_version,
-                "participants": dict(participants),
-                "server_public_key": self.ledger.public_key,
-                "extra": extra or {},
-            }
+            self.start_entry(
+                config_hash, software_version, participants, self.ledger.public_key, extra, run_id
+            )
         )
 
     def round(
@@ -142,8 +184,10 @@ class RunLedger:
         delta: float | None,
         metrics: dict[str, Any],
         rejected: list[dict[str, Any]],
+        refused: Sequence[dict[str, Any]] = (),
     ) -> TreeHead:
-        """One aggregated round; `parent_sha256` must be the previous round's model."""
+        """One aggregated round; `parent_sha256` must be the previous round's model. The
+        round's `refused` updates (`rejection` keywords) are appended with it, in one batch."""
         if self.last_round is not None and round <= self.last_round:
             raise BadInput("round", round, f"a round after {self.last_round}")
         if self.last_model is not None and parent_sha256 != self.last_model:
@@ -152,6 +196,7 @@ class RunLedger:
             )
         self._require_model("model_sha256", model_sha256)
         return self._append(
+            *(self._rejection_entry(**r) for r in refused),
             {
                 "type": "round",
                 "round": round,
@@ -169,15 +214,17 @@ class RunLedger:
 
     def rejection(self, round: int, client_id: str, reason: str, detail: str = "") -> TreeHead:
         """An update the server refused (see `fedmeta.ledger.commitments.RejectReason`)."""
-        return self._append(
-            {
-                "type": "rejection",
-                "round": round,
-                "client_id": client_id,
-                "reason": reason,
-                "detail": detail,
-            }
-        )
+        return self._append(self._rejection_entry(round, client_id, reason, detail))
+
+    @staticmethod
+    def _rejection_entry(round: int, client_id: str, reason: str, detail: str = "") -> dict[str, Any]:
+        return {
+            "type": "rejection",
+            "round": round,
+            "client_id": client_id,
+            "reason": reason,
+            "detail": detail,
+        }
 
     def anchored(self, size: int, root_hex: str, chain_id: int, tx_hash: str) -> TreeHead:
         """Record that the root at `size` was written to chain `chain_id` in `tx_hash`."""
@@ -191,8 +238,15 @@ class RunLedger:
             }
         )
 
-    def end(self, final_model_sha256: str, summary: dict[str, Any]) -> TreeHead:
-        """Last entry; the final model must be the last round's."""
+    def end(
+        self,
+        final_model_sha256: str,
+        summary: dict[str, Any],
+        files: dict[str, str] | None = None,
+    ) -> TreeHead:
+        """Last entry; the final model must be the last round's. `files` maps run-folder
+        files a user relies on (the final `model.pt`, ...) to their SHA-256, which
+        verification recomputes."""
         if self.last_model is not None and final_model_sha256 != self.last_model:
             raise BadInput(
                 "final_model_sha256",
@@ -200,6 +254,7 @@ class RunLedger:
                 f"the last round's model {self.last_model}",
             )
         self._require_model("final_model_sha256", final_model_sha256)
-        return self._append(
-            {"type": "end", "final_model_sha256": final_model_sha256, "summary": summary}
-        )
+        entry = {"type": "end", "final_model_sha256": final_model_sha256, "summary": summary}
+        if files:
+            entry["files"] = dict(files)
+        return self._append(entry)

@@ -3,8 +3,15 @@
 Recomputes every leaf hash and the Merkle tree (RFC 9162 §2.1), checks every signed tree
 head (signature, root at its size, consistency proof from the previous head, §2.1.4),
 that the latest head covers every entry, every model file's SHA-256, the parent chain of
-the rounds, and, given a chain, every anchored root. Returns None or raises
-`VerificationError` at the first failure with expected vs got.
+the rounds from the initial model, and, given a chain, every anchored root.
+
+In a run folder it also checks the files the ledger covers: `config.toml` against the
+start entry's config hash, the files the `end` entry lists (`model.pt`, ...), and the run
+itself: a finished run's `summary.json` holds the signed tree head that covers its `end`
+entry (a ledger cut back, or ended entries deleted, no longer reaches it), and the run id
+in `summary.json` or `checkpoint.pt` must be the ledger's (another run's ledger swapped in
+is caught). Returns the covered files (name -> SHA-256) or raises `VerificationError` at
+the first failure with expected vs got.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from fedmeta.errors import BadInput, VerificationError
 from fedmeta.ledger import keys
 from fedmeta.ledger.log import Ledger, TreeHead
 from fedmeta.ledger.merkle import EMPTY_ROOT, HASH_SIZE, MerkleTree, leaf_hash, verify_consistency
-from fedmeta.ledger.run import MODELS_DIR, model_path
+from fedmeta.ledger.run import model_path
 
 
 def verify_ledger(
@@ -27,8 +34,8 @@ def verify_ledger(
     public_key: str | None = None,
     anchor: Any = None,
     known_head: tuple[int, str] | None = None,
-) -> None:
-    """Verify `ledger.db` (or the run folder holding it).
+) -> dict[str, str]:
+    """Verify `ledger.db` (or the run folder holding it); return the files it covers.
 
     `public_key` pins the server key (hex); without it the key stored in the ledger is
     used, which only shows the ledger is self-consistent. `anchor` is a `web3.Web3`
@@ -43,7 +50,7 @@ def verify_ledger(
         _check_known_head(known_head)
     with Ledger.open(path) as ledger:
         try:
-            _verify(ledger, public_key, anchor, known_head)
+            return _verify(ledger, public_key, anchor, known_head)
         except sqlite3.DatabaseError as err:
             raise VerificationError(
                 "ledger database", "a readable SQLite ledger", str(err)
@@ -53,16 +60,20 @@ def verify_ledger(
 def _check_known_head(known_head: tuple[int, str]) -> None:
     size, root_hex = known_head
     try:
-        ok = isinstance(size, int) and size >= 0 and len(bytes.fromhex(root_hex)) == HASH_SIZE
+        ok = isinstance(size, int) and size >= 1 and len(bytes.fromhex(root_hex)) == HASH_SIZE
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise BadInput("known_head", known_head, "(tree size >= 0, 64 hex characters of its root)")
+        raise BadInput(
+            "known_head",
+            known_head,
+            "(tree size >= 1, 64 hex characters of its root); a size-0 head proves nothing",
+        )
 
 
 def _verify(
     ledger: Ledger, pinned: str | None, anchor: Any, known_head: tuple[int, str] | None
-) -> None:
+) -> dict[str, str]:
     server_key = pinned or ledger.public_key
     if ledger.public_key != server_key:
         raise VerificationError("server public key", server_key, ledger.public_key)
@@ -82,7 +93,9 @@ def _verify(
         size, root_hex = known_head
         latest = heads[-1] if heads else TreeHead(0, EMPTY_ROOT, 0, b"", "")
         _check_consistency(tree, size, bytes.fromhex(root_hex), latest, "known tree head")
-    _check_entries(entries, ledger.path.parent, server_key, tree, anchor)
+    state = _check_entries(entries, ledger.path.parent, server_key, tree, anchor)
+    _check_run_folder(state, heads)
+    return state.covered
 
 
 def _parse(idx: int, body: bytes) -> dict[str, Any]:
@@ -146,11 +159,17 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_model(run_dir: Path, sha256_hex: str, idx: int) -> None:
-    path = model_path(run_dir, sha256_hex)
+def _check_file(state: _RunState, name: str, sha256_hex: str, what: str) -> None:
+    path = state.run_dir / name
     got = _file_sha256(path) if path.is_file() else "no file"
     if got != sha256_hex:
-        raise VerificationError(f"{MODELS_DIR}/{path.name} of entry {idx}", sha256_hex, got)
+        raise VerificationError(f"{name} of {what}", sha256_hex, got)
+    state.covered[name] = sha256_hex
+
+
+def _check_model(state: _RunState, sha256_hex: str, idx: int) -> None:
+    name = model_path(Path(), sha256_hex).as_posix()
+    _check_file(state, name, sha256_hex, f"entry {idx}")
 
 
 class _RunState:
@@ -159,19 +178,23 @@ class _RunState:
         self.ended = False
         self.last_round: int | None = None
         self.last_model: str | None = None
+        self.run_id: str | None = None
+        self.end_size: int | None = None
+        self.covered: dict[str, str] = {}
 
 
 def _check_entries(
     entries: list[dict[str, Any]], run_dir: Path, server_key: str, tree: MerkleTree, anchor: Any
-) -> None:
+) -> _RunState:
     state = _RunState(run_dir, server_key, tree, anchor)
     for idx, entry in enumerate(entries):
         try:
             _check_entry(idx, entry, state)
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise VerificationError(
                 f"fields of entry {idx}", "the fields of its type", repr(err)
             ) from None
+    return state
 
 
 def _check_entry(idx: int, entry: dict[str, Any], state: _RunState) -> None:
@@ -185,6 +208,13 @@ def _check_entry(idx: int, entry: dict[str, Any], state: _RunState) -> None:
             raise VerificationError(
                 "server key in the start entry", state.server_key, entry.get("server_public_key")
             )
+        state.run_id = entry["run_id"]
+        extra = entry.get("extra") or {}
+        if "config_file" in extra:  # a fedmeta run: its resolved config is covered
+            _check_file(state, extra["config_file"], entry["config_hash"], "the start entry")
+        if "initial_model_sha256" in extra:  # round 1's parent
+            _check_model(state, extra["initial_model_sha256"], idx)
+            state.last_model = extra["initial_model_sha256"]
     elif kind == "round":
         if state.last_round is not None and entry["round"] <= state.last_round:
             raise VerificationError(
@@ -194,13 +224,15 @@ def _check_entry(idx: int, entry: dict[str, Any], state: _RunState) -> None:
             raise VerificationError(
                 f"parent model of round {entry['round']}", state.last_model, entry["parent_sha256"]
             )
-        _check_model(state.run_dir, entry["model_sha256"], idx)
+        _check_model(state, entry["model_sha256"], idx)
         state.last_round, state.last_model = entry["round"], entry["model_sha256"]
     elif kind == "end":
         if state.last_model is not None and entry["final_model_sha256"] != state.last_model:
             raise VerificationError("final model", state.last_model, entry["final_model_sha256"])
-        _check_model(state.run_dir, entry["final_model_sha256"], idx)
-        state.ended = True
+        _check_model(state, entry["final_model_sha256"], idx)
+        for name, sha256_hex in entry.get("files", {}).items():
+            _check_file(state, name, sha256_hex, "the end entry")
+        state.ended, state.end_size = True, idx + 1
     elif kind == "anchor":
         size = entry["size"]
         if not 0 < size <= idx:
@@ -214,3 +246,55 @@ def _check_entry(idx: int, entry: dict[str, Any], state: _RunState) -> None:
             check_anchor(
                 state.anchor, entry["tx_hash"], size, bytes.fromhex(computed), entry["chain_id"]
             )
+
+
+def _check_run_folder(state: _RunState, heads: list[TreeHead]) -> None:
+    """The folder's own record of its run: the sealed final head, the run id."""
+    summary_path = state.run_dir / "summary.json"
+    if summary_path.is_file():
+        try:
+            seal = json.loads(summary_path.read_bytes()).get("ledger")
+        except (ValueError, AttributeError):
+            raise VerificationError("summary.json", "a JSON object", "unparseable") from None
+        if seal is None:
+            raise VerificationError("summary.json of a run with a ledger", "a `ledger` seal", None)
+        _check_seal(state, seal, heads)
+        state.covered["summary.json (sealed tree head)"] = seal.get("root", "")
+        return
+    checkpoint = state.run_dir / "checkpoint.pt"
+    if checkpoint.is_file():
+        import torch  # only for a run folder: reading a bare ledger needs no torch
+
+        try:
+            saved = torch.load(checkpoint, weights_only=True)
+            run_id = saved["state"]["progress"]["run_id"]
+            # every round before the committed step was published before it was committed
+            published = saved["state"]["simulation"]["round"] - ("round" in saved["publish"])
+        except Exception as err:  # noqa: BLE001 -- any unreadable checkpoint is a failure here
+            raise VerificationError("checkpoint.pt", "a readable federated checkpoint", repr(err)) from None
+        if run_id != state.run_id:
+            raise VerificationError("run id of checkpoint.pt", state.run_id, run_id)
+        if (state.last_round or 0) < published:
+            raise VerificationError("rounds in the ledger (checkpoint.pt committed them)",
+                                    f">= {published}", state.last_round or 0)
+
+
+def _check_seal(state: _RunState, seal: dict[str, Any], heads: list[TreeHead]) -> None:
+    try:
+        size, root = int(seal["entries"]), bytes.fromhex(seal["root"])
+        head = TreeHead(size, root, int(seal["timestamp_ms"]), bytes.fromhex(seal["signature"]),
+                        keys.key_id(state.server_key))
+    except (KeyError, TypeError, ValueError) as err:
+        raise VerificationError("ledger seal in summary.json", "size, root, signature", repr(err)) from None
+    if seal.get("run_id") != state.run_id:
+        raise VerificationError("run id in summary.json", state.run_id, seal.get("run_id"))
+    head.verify(state.server_key)
+    if state.end_size != size:
+        raise VerificationError(
+            "entries up to the end entry (sealed in summary.json)", size, state.end_size
+        )
+    computed = state.tree.root(size)
+    if computed != root:
+        raise VerificationError(f"root at size {size} (sealed in summary.json)", root.hex(), computed.hex())
+    if not any(h.size == size and h.root == root for h in heads):
+        raise VerificationError("signed tree head sealed in summary.json", f"size {size}", "absent")
