@@ -94,3 +94,22 @@ def test_the_server_apps_failure_is_reported_as_itself(tmp_path, err, kind, line
     got = read_failure(tmp_path / "error.json", tmp_path / "logs")
     assert type(got) is kind and str(got).startswith(line)
     assert read_failure(tmp_path / "missing.json", tmp_path) is None
+
+
+@pytest.mark.parametrize(("run_config", "kind", "line"), [
+    ({"deadline": -1.0}, BadInput, "deadline = -1.0: a positive, finite number of seconds"),
+    ({"min-nodes": 3, "wait": 0.2}, FedmetaError, "the ServerApp failed: FedmetaError: 0 of 3 supernodes connected"),
+])
+def test_the_server_app_writes_its_failure_for_the_launcher(config, grid_factory, tmp_path, run_config, kind, line):
+    from flwr.app import Context, RecordDict
+
+    from fedmeta.deploy.flower import server_main
+
+    (tmp_path / "cfg.toml").write_text(config().to_toml())
+    rc = {"config": str(tmp_path / "cfg.toml"), "out": str(tmp_path / "run"), "error-file": str(tmp_path / "error.json"),
+          **run_config}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    with pytest.raises(Exception):  # noqa: B017  (Flower logs it and exits 201)
+        server_main(grid_factory(0), context)
+    got = read_failure(tmp_path / "error.json", tmp_path / "logs")
+    assert type(got) is kind and str(got).startswith(line)

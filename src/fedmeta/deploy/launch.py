@@ -146,6 +146,7 @@ def free_port() -> int:
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+GUARD = Path(__file__).with_name("guard.py")
 
 
 def _prctl() -> Any:
@@ -160,9 +161,7 @@ def _prctl() -> Any:
 
 def die_with_parent() -> Any:
     """A `preexec_fn` that makes the child die (SIGKILL) when the process that starts it dies,
-    even by SIGKILL; None where prctl(PR_SET_PDEATHSIG) does not exist. Flower's own
-    children (superexec, ServerApp, ClientApps) watch their parents' pids and exit when
-    these go."""
+    even by SIGKILL; None where prctl(PR_SET_PDEATHSIG) does not exist."""
     prctl, parent = _prctl(), os.getpid()
     if prctl is None:
         return None
@@ -175,10 +174,19 @@ def die_with_parent() -> Any:
     return preexec
 
 
+def guarded(cmd: list[str]) -> list[str]:
+    """`cmd` under `guard.py` on Linux: it and every process it starts (Flower's superexecs,
+    ServerApp, ClientApps, whatever session they put themselves in) die with this process."""
+    if _prctl() is None:
+        return cmd
+    return [sys.executable, "-I", str(GUARD), str(os.getpid()), "--", *cmd]
+
+
 class Processes:
     """Child processes in their own sessions (process groups), logging to files, each tied
-    to this process (`die_with_parent`: if it is killed, even by SIGKILL, they die with it);
-    on exit every process group is terminated (then killed), whatever happened."""
+    to this process through `guard.py`: if this process dies, even by SIGKILL, they and all
+    their descendants are killed. On exit every process group is terminated (SIGTERM), then
+    whatever is left after 10 s is killed, whatever happened."""
 
     def __init__(self, logs: Path, env: dict[str, str]):
         self.logs, self.env, self.children = logs, env, []
@@ -186,7 +194,7 @@ class Processes:
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        proc = subprocess.Popen(guarded(cmd), stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
                                 preexec_fn=die_with_parent())  # noqa: PLW1509  (async-signal-safe: prctl, getppid, kill)
         self.children.append((proc, out))
         return proc
@@ -203,8 +211,12 @@ class Processes:
             try:
                 proc.wait(timeout=max(0.1, stop - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                os.kill(proc.pid, signal.SIGUSR1)  # the guard kills every descendant
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
             out.close()
 
 
@@ -212,7 +224,9 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
     stop = time.monotonic() + timeout
     while time.monotonic() < stop:
         if proc.poll() is not None:
-            raise FedmetaError(f"{Path(proc.args[0]).name} exited with status {proc.returncode} before listening")
+            args = list(proc.args)
+            name = Path(args[args.index("--") + 1] if "--" in args else args[0]).name  # under guard.py or not
+            raise FedmetaError(f"{name} exited with status {proc.returncode} before listening")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
