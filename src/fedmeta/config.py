@@ -23,7 +23,8 @@ PosFloat = Annotated[float, Field(gt=0)]
 MAX_SEED = 2**63 - 1  # torch and numpy seed from a 64-bit integer; the run adds small offsets
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MAX_THREADS = 1024
-DIGITS_EXAMPLES = 1797  # images in scikit-learn's digits, which federated digits partitions
+DIGITS_CLASS_SIZES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)  # scikit-learn's digits 0..9
+DIGITS_EXAMPLES = sum(DIGITS_CLASS_SIZES)  # 1797 images, which federated digits partitions
 SYNTHETIC_MAX_EXAMPLES = 5000  # the most examples a Synthetic(α, β) client holds (data/federated.py)
 
 
@@ -301,6 +302,22 @@ def _only(readers: list[str]) -> str:
     return f"only {' and '.join(readers)} {'reads' if len(readers) == 1 else 'read'} it"
 
 
+def _check_digits_episodes(data: DataConfig) -> None:
+    """N-way K-shot digits episodes fit both splits (data/digits.py would refuse them later)."""
+    held_out = set(data.test_classes)
+    if not held_out <= set(range(10)) or not 0 < len(held_out) < 10 or len(held_out) != len(data.test_classes):
+        raise ConfigError("data.test_classes", data.test_classes, "distinct digits 0..9, at least one and not all ten")
+    splits = {"train": [c for c in range(10) if c not in held_out], "test": sorted(held_out)}
+    for split, classes in splits.items():
+        if data.n_way > len(classes):
+            raise ConfigError("data.n_way", data.n_way, f"at most {len(classes)} (digit classes in the {split} split)")
+        smallest = min(DIGITS_CLASS_SIZES[c] for c in classes)
+        if data.k_shot + data.k_query > smallest:
+            raise ConfigError("data.k_query", data.k_query,
+                              f"at most {smallest - data.k_shot}: data.k_shot + data.k_query at most {smallest} "
+                              f"(examples of the smallest digit class in the {split} split)")
+
+
 def _check_dataset_options(cfg: Config) -> None:
     """Refuse an option the chosen dataset ignores (set away from its default), and
     episode sizes larger than the data."""
@@ -314,6 +331,8 @@ def _check_dataset_options(cfg: Config) -> None:
             raise ConfigError(f"data.{key}", getattr(data, key),
                               f"no setting here: {mode} {data.name} run ignores it ({_only(readers)})")
     if fed is None:
+        if data.name == "digits":
+            _check_digits_episodes(data)
         return
     for key, readers in _FEDERATED_USES.items():
         if data.name not in readers and getattr(fed, key) != FederatedConfig.model_fields[key].default:
@@ -326,6 +345,14 @@ def _check_dataset_options(cfg: Config) -> None:
             raise ConfigError("federated.alpha", fed.alpha, "no setting here: only federated.partition = 'dirichlet' reads it")
         if fed.partition != "shards" and fed.shards_per_client != FederatedConfig.model_fields["shards_per_client"].default:
             raise ConfigError("federated.shards_per_client", fed.shards_per_client, "no setting here: only federated.partition = 'shards' reads it")
+        total = fed.n_clients + fed.held_out_clients
+        if fed.partition == "dirichlet" and 2 * total > DIGITS_EXAMPLES:  # data/partition.py: 2 examples each
+            raise ConfigError("federated.n_clients", fed.n_clients,
+                              f"at most {DIGITS_EXAMPLES // 2 - fed.held_out_clients} with {fed.held_out_clients} held-out "
+                              f"clients: {DIGITS_EXAMPLES} digits give each of at most {DIGITS_EXAMPLES // 2} clients 2 examples")
+        if fed.partition == "shards" and fed.shards_per_client * total > DIGITS_EXAMPLES:
+            raise ConfigError("federated.shards_per_client", fed.shards_per_client,
+                              f"at most {DIGITS_EXAMPLES // total} for {total} clients ({DIGITS_EXAMPLES} digits)")
     limit = {"digits": DIGITS_EXAMPLES, "synthetic": SYNTHETIC_MAX_EXAMPLES}.get(data.name)
     if limit is not None:
         holds = f"{limit} examples in all" if data.name == "digits" else f"at most {limit} examples per client"

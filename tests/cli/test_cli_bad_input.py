@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from fedmeta.cli import main
-from fedmeta.config import DIGITS_EXAMPLES, load_config
+from fedmeta.config import DIGITS_CLASS_SIZES, DIGITS_EXAMPLES, load_config
 from fedmeta.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SINUSOID = str(ROOT / "configs" / "sinusoid-maml.toml")
+DIGITS = str(ROOT / "configs" / "digits-maml.toml")
 KEY = "ab" * 32  # a well-formed Ed25519 public key (hex)
 # Small enough that a case slipping through validation finishes quickly instead of hanging.
 FAST = ["--set", "train.iterations=2", "--set", "train.eval_every=1", "--set", "train.eval_tasks=2"]
@@ -66,6 +67,14 @@ RUN_CASES = {
     "data-dir-missing-sinusoid": (
         lambda t: [SINUSOID, *FAST, "--set", 'data.data_dir="/nonexistent"'], "data.data_dir", "/nonexistent"),
     "typo-gets-nearest-key": (lambda t: [*FAST_FED, "--set", "federated.round=3"], "federated.round", "3"),
+    "digits-test-classes": (lambda t: [DIGITS, *FAST, "--set", "data.test_classes=[42]"], "data.test_classes", "42"),
+    "digits-n-way": (lambda t: [DIGITS, *FAST, "--set", "data.n_way=20"], "data.n_way", "20"),
+    "digits-k-query": (lambda t: [DIGITS, *FAST, "--set", "data.k_query=500"], "data.k_query", "500"),
+    "digits-more-clients-than-pairs": (
+        lambda t: [*FAST_FED, "--set", "federated.n_clients=5000"], "federated.n_clients", "5000"),
+    "digits-shards-beyond-data": (
+        lambda t: [*FAST_FED, "--set", "federated.partition='shards'", "--set", "federated.shards_per_client=1000"],
+        "federated.shards_per_client", "1000"),
 }
 
 
@@ -111,10 +120,12 @@ def test_every_float_key_refuses_infinity():
     assert tried > 30
 
 
-def test_digits_size_matches_the_data():
+def test_digits_sizes_match_the_data():
     from fedmeta.data.digits import digits_arrays
 
-    assert len(digits_arrays()[1]) == DIGITS_EXAMPLES
+    labels = digits_arrays()[1]
+    assert len(labels) == DIGITS_EXAMPLES
+    assert tuple(labels.bincount().tolist()) == DIGITS_CLASS_SIZES
 
 
 def test_ignored_options_at_their_defaults_still_load(tmp_path):
