@@ -73,11 +73,12 @@ def eval_batch(cfg: Config, tasks: TaskDistribution, offset: int) -> Any:
     return tasks.sample(cfg.train.eval_tasks, torch.Generator().manual_seed(cfg.run.seed + offset))
 
 
-def train(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
+def train(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool = True,
+          setup: Setup | None = None) -> dict:
     """Meta-train to the end. Every evaluation is committed to the checkpoint with its
     metrics rows, then published; the end commits the summary, then writes `model.pt` and
     `summary.json` (`fedmeta.rundir`), so a resumed run repeats nothing it published."""
-    setup = build(cfg)
+    setup = build(cfg) if setup is None else setup
     learner, meta = setup.learner, setup.meta
     use_threads(cfg, learner.batching)
     opt = outer_optimizer(cfg, meta)

@@ -149,3 +149,12 @@ def test_checkpoints_load_without_pickled_code(tmp_path):
     run.close()
     state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
     assert state["format"] == 2 and "final" in state["publish"]
+
+
+def test_a_start_refused_by_the_runtime_leaves_no_folder(tmp_path, capsys):
+    """Checks that need the data or the accountant (here: a target ε below one round's) run
+    before the folder exists; before, the folder then blocked the same command."""
+    out = tmp_path / "never"
+    args = ["run", "--out", str(out), "--set", "privacy.target_epsilon=0.0001", "--no-progress"]
+    one_line_exit_2(capsys, args, "privacy.target_epsilon")
+    assert not out.exists()

@@ -91,6 +91,7 @@ def test_loopback_deployment_over_tls(config, tmp_path):
 
     cfg = config("sinusoid", rounds=1)
     run = RunDir.create(tmp_path / "run", cfg)
+    run.close()  # the ServerApp process is the folder's writer
     run_local(run.path / "config.toml", run.path, 3, 3, workdir=tmp_path / "work", tls=TLS(*certificates(tmp_path)),
               timeout=300)
     assert json.loads((run.path / "summary.json").read_text())["rounds"] == 1
