@@ -73,7 +73,9 @@ def local(
     clients = n if clients is None else clients
     if not 1 <= clients <= n:
         raise BadInput("--clients", clients, f"1 to federated.n_clients = {n}")
-    folder = RunDir.create(out, cfg).path  # refuses an existing run before anything starts
+    created = RunDir.create(out, cfg)  # refuses an existing run before anything starts
+    folder = created.path
+    created.close()  # the ServerApp process takes the writer's lock
     work = Path(tempfile.mkdtemp(prefix="fedmeta-deploy-"))
     print(f"run folder: {folder}; Flower logs: {work / 'logs'}", file=sys.stderr)
     run_local(folder / "config.toml", folder, clients, n, workdir=work, deadline=deadline)
