@@ -223,7 +223,7 @@ class FlowerRuntime(Simulation):
             accepted = {}
             for c, (_, data, _, _, signed) in masked.items():
                 out.messages[c], out.signed[c] = data, signed
-                if (refusal := self.check_signature(c, data, signed, attempt)) is not None:  # dropped from the sum
+                if (refusal := self.check_signature(c, data, signed)) is not None:  # dropped from the sum
                     out.rejected[c] = f"{refusal['reason']}: {refusal['detail']}"
                     out.refused.append(refusal)
                     continue
@@ -384,9 +384,9 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
     if protocol is not None:
         update = check_update(str(cid), data, params)  # the client's own check: nobody else sees Δ
         row = sim.aggregation.secure_row(update, report)
-        advert = secagg.start(state, protocol, cid, row, {"round": r, "attempt": attempt, "key": str(key or "")})
+        advert = secagg.start(state, protocol, cid, row, {"round": r, "key": str(key or "")})
         return train_reply(cid, advert, weight, 0.0, None)
-    signed = None if key is None or not header["run_id"] else sign_update(load_private_key(key), str(header["run_id"]), r, str(cid), data, attempt)
+    signed = None if key is None or not header["run_id"] else sign_update(load_private_key(key), str(header["run_id"]), r, str(cid), data)
     return train_reply(cid, data, weight, report, signed)
 
 
@@ -408,7 +408,7 @@ def client_secagg(msg: Message, context: Context) -> Message:
     signed = None
     if kind == MASKED_INPUT and (run_id := str(msg.content[PAYLOAD].get("run_id", ""))) and str(mine["key"]):
         key = load_private_key(Path(str(mine["key"])))
-        signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data, int(mine["attempt"]))
+        signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data)
     return Message(train_reply(int(mine["client"]), data, 0.0, 0.0, signed), reply_to=msg)
 
 
