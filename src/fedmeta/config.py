@@ -219,6 +219,10 @@ class Config(Section):
                 raise ConfigError("federated.clients_per_round", fed.clients_per_round, "a whole count or a fraction in (0, 1]")
             if fed.min_clients > self.clients_per_round_count:
                 raise ConfigError("federated.min_clients", fed.min_clients, f"at most the clients per round ({self.clients_per_round_count})")
+            if dp.secure_aggregation != "off" and self.clients_per_round_count < 2:
+                raise ConfigError("federated.clients_per_round", fed.clients_per_round,
+                                  f"at least 2 clients per round with privacy.secure_aggregation = '{dp.secure_aggregation}' "
+                                  "(the sum of one update is that update)")
             if fed.aggregator != "mean" and dp.secure_aggregation != "off":
                 raise ConfigError("federated.aggregator", fed.aggregator,
                                   f"'mean' with privacy.secure_aggregation = '{dp.secure_aggregation}': a robust rule needs "

@@ -67,6 +67,8 @@ RUN_CASES = {
     "data-dir-missing-sinusoid": (
         lambda t: [SINUSOID, *FAST, "--set", 'data.data_dir="/nonexistent"'], "data.data_dir", "/nonexistent"),
     "typo-gets-nearest-key": (lambda t: [*FAST_FED, "--set", "federated.round=3"], "federated.round", "3"),
+    "secure-sum-of-one-client": (
+        lambda t: [*FAST_FED, "--set", "federated.clients_per_round=1"], "federated.clients_per_round", "1"),
     "digits-test-classes": (lambda t: [DIGITS, *FAST, "--set", "data.test_classes=[42]"], "data.test_classes", "42"),
     "digits-n-way": (lambda t: [DIGITS, *FAST, "--set", "data.n_way=20"], "data.n_way", "20"),
     "digits-k-query": (lambda t: [DIGITS, *FAST, "--set", "data.k_query=500"], "data.k_query", "500"),
