@@ -400,7 +400,9 @@ def _field_error(err: ValidationError) -> ConfigError:
     field = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
         keys = list(_section_of(loc[:-1]).model_fields)
-        near = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
+        typed = loc[-1]
+        prefixed = [k for k in keys if k.startswith(typed) or typed.startswith(k)]  # "round", "feder"
+        near = difflib.get_close_matches(typed, prefixed, n=1, cutoff=0) or difflib.get_close_matches(typed, keys, n=1, cutoff=0.6)
         where = ".".join(loc[:-1])
         if near:
             hint = f"did you mean {'.'.join([*loc[:-1], near[0]])}?"

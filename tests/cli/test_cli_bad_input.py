@@ -93,10 +93,12 @@ def test_run_refuses_bad_input_before_writing(tmp_path, capsys, monkeypatch, cas
     assert not out.exists()
 
 
-def test_a_typo_names_the_nearest_key_not_all_of_them(capsys):
+@pytest.mark.parametrize(("typo", "meant"), [("federated.round", "federated.rounds"), ("feder.rounds", "federated"),
+                                             ("meta.inner_stepz", "meta.inner_steps"), ("privacy.noise_sed", "privacy.noise_seed")])
+def test_a_typo_names_the_nearest_key_not_all_of_them(typo, meant):
     with pytest.raises(ConfigError) as err:
-        load_config(None, ["federated.round=3"])
-    assert "did you mean federated.rounds?" in err.value.accepted
+        load_config(None, [f"{typo}=3"])
+    assert f"did you mean {meant}?" in err.value.accepted
     assert "n_clients" not in err.value.accepted
 
 
