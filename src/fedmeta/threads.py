@@ -1,7 +1,7 @@
 """torch's intra-op threads for a run, one rule for every process that computes for it (the
 in-process run, a deployment's ServerApp and every ClientApp): `run.threads` when set, else
 one thread for vmapped small networks (MLP meta-batches and vmapped clients), else this
-machine's default (`default_threads`). The rule always sets an explicit count, so a process
+machine's default (`default_threads`: its physical cores, within the cgroup's CPU quota). The rule always sets an explicit count, so a process
 computes the same numbers whatever thread count it started with: torch's own default
 depends on how the process was started (a ClientApp process starts with every core, a test
 process may have been set to one by an earlier run), and a float reduction split over a
@@ -22,10 +22,25 @@ import torch
 from fedmeta.config import Config
 
 
+def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs' worth of time the cgroup allows (a container limited to 2 CPUs on a large host),
+    rounded up; None when unlimited or unknown. cgroup v2 `cpu.max`, else v1 `cpu/cpu.cfs_*`."""
+    for path, split in ((root / "cpu.max", None), (root / "cpu" / "cpu.cfs_quota_us", "cpu.cfs_period_us")):
+        try:
+            text = path.read_text().split()
+            quota, period = (text[0], text[1]) if split is None else (text[0], path.with_name(split).read_text().strip())
+            if quota not in ("max", "-1") and int(period) > 0:
+                return max(1, -(-int(quota) // int(period)))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
 def default_threads() -> int:
-    """The thread count torch picks in a fresh process, computed from the machine rather than
-    read from the process: `OMP_NUM_THREADS` (then `MKL_NUM_THREADS`) when set to a positive
-    integer, else the physical cores among the CPUs this process may run on."""
+    """The machine's thread count, computed from the machine rather than read from the
+    process (so every process of a run on it gets the same): `OMP_NUM_THREADS` (then
+    `MKL_NUM_THREADS`) when set to a positive integer, else the physical cores among the CPUs
+    this process may run on, at most the cgroup's CPU quota."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
         if value.isdigit() and int(value) > 0:
@@ -37,7 +52,7 @@ def default_threads() -> int:
             cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
         except OSError:
             cores.add(str(cpu))
-    return max(1, len(cores))
+    return max(1, min(len(cores), cpu_quota() or len(cores)))
 
 
 def threads_for(cfg: Config, batching: str) -> int:

@@ -62,3 +62,19 @@ def test_a_client_computes_with_the_in_process_thread_count(config, grid_factory
     sim.run_round()
     trains = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert len(trains) == 2 and seen == [rule] * len(trains)
+
+
+def test_the_default_stays_within_the_cgroup_cpu_quota(tmp_path):
+    from fedmeta.threads import cpu_quota
+
+    assert cpu_quota(tmp_path) is None  # no cgroup files: unlimited
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(tmp_path) == 2  # 1.5 CPUs of time: two threads
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path) == 4
+    assert 1 <= default_threads() <= (cpu_quota() or default_threads())
