@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedmeta.deploy.flower import FlowerRuntime, check_deployable, read_reply
-from fedmeta.errors import ConfigError
+from fedmeta.errors import ConfigError, FedmetaError
 from fedmeta.federated.simulation import Simulation, run_federated
 from fedmeta.federated.wire import decode
 from fedmeta.ledger import keys, verify_ledger
@@ -113,8 +113,9 @@ def test_unsupported_options_are_config_errors(config, field, value):
 def test_a_wrong_partition_count_is_refused_at_registration(config, grid_factory):
     cfg = config("sinusoid", n_clients=3)
     grid = grid_factory(3, {"num-partitions": 5})
-    sim = FlowerRuntime(cfg, grid, min_nodes=3, wait=1)
-    assert sim.nodes == {}
+    with pytest.raises(FedmetaError, match=r"no supernode joined the run \(3 asked\): supernode 100: ConfigError: "
+                                           r"node_config = 'partition-id=0 num-partitions=5'"):
+        FlowerRuntime(cfg, grid, min_nodes=3, wait=1)  # stops at once, with the clients' reason
     assert len(grid.replies) == 3 and all("num-partitions" in r.error.reason for r in grid.replies)
 
 
@@ -158,5 +159,6 @@ def test_a_client_refuses_a_config_other_than_its_pinned_copy(config, grid_facto
     changed = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"dp": "central", "noise_multiplier": 0.1})})
     grid = grid_factory(2, {"config": str(tmp_path / "mine.toml")})
     assert FlowerRuntime(cfg, grid, min_nodes=2, wait=1).nodes == {0: 100, 1: 101}
-    assert FlowerRuntime(changed, grid, min_nodes=2, wait=1).nodes == {}
+    with pytest.raises(FedmetaError, match="no supernode joined the run .*pinned its own copy"):
+        FlowerRuntime(changed, grid, min_nodes=2, wait=1)
     assert "pinned" in grid.replies[-1].error.reason

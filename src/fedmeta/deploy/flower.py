@@ -119,15 +119,22 @@ class FlowerRuntime(Simulation):
         header = ConfigRecord({"config": self.toml})
         asks = [Message(RecordDict({HEADER: header}), dst_node_id=n, message_type=QUERY) for n in ids]
         nodes: dict[int, int] = {}
-        for reply in self.grid.send_and_receive(asks, timeout=wait):
-            node = reply.metadata.src_node_id
+        refused: dict[int, str] = {}
+        received = self.grid.send_and_receive(asks, timeout=wait)
+        by_message = {m.metadata.message_id: m.metadata.dst_node_id for m in asks if m.metadata.message_id}
+        for reply in received:
+            node = by_message.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
+                refused[node] = reply.error.reason
                 log.warning("supernode %d refused to join: %s", node, reply.error.reason)
                 continue
             cid = int(reply.content[HEADER]["client"])
             if cid in nodes:
                 raise FedmetaError(f"supernodes {nodes[cid]} and {node} both hold client {cid} (partition-id)")
             nodes[cid] = node
+        if not nodes:  # nothing to train with: say why, rather than fail every round
+            why = "; ".join(f"supernode {n}: {r}" for n, r in sorted(refused.items())) or f"no answer in {wait:.0f} s"
+            raise FedmetaError(f"no supernode joined the run ({len(ids)} asked): {why}")
         log.info("clients on supernodes: %s", dict(sorted(nodes.items())))
         return nodes
 
@@ -223,7 +230,7 @@ class FlowerRuntime(Simulation):
             accepted = {}
             for c, (_, data, _, _, signed) in masked.items():
                 out.messages[c], out.signed[c] = data, signed
-                if (refusal := self.check_signature(c, data, signed)) is not None:  # dropped from the sum
+                if (refusal := self.check_signature(c, data, signed, attempt)) is not None:  # dropped from the sum
                     out.rejected[c] = f"{refusal['reason']}: {refusal['detail']}"
                     out.refused.append(refusal)
                     continue
@@ -384,9 +391,9 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
     if protocol is not None:
         update = check_update(str(cid), data, params)  # the client's own check: nobody else sees Δ
         row = sim.aggregation.secure_row(update, report)
-        advert = secagg.start(state, protocol, cid, row, {"round": r, "key": str(key or "")})
+        advert = secagg.start(state, protocol, cid, row, {"round": r, "attempt": attempt, "key": str(key or "")})
         return train_reply(cid, advert, weight, 0.0, None)
-    signed = None if key is None or not header["run_id"] else sign_update(load_private_key(key), str(header["run_id"]), r, str(cid), data)
+    signed = None if key is None or not header["run_id"] else sign_update(load_private_key(key), str(header["run_id"]), r, str(cid), data, attempt)
     return train_reply(cid, data, weight, report, signed)
 
 
@@ -408,7 +415,7 @@ def client_secagg(msg: Message, context: Context) -> Message:
     signed = None
     if kind == MASKED_INPUT and (run_id := str(msg.content[PAYLOAD].get("run_id", ""))) and str(mine["key"]):
         key = load_private_key(Path(str(mine["key"])))
-        signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data)
+        signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data, int(mine["attempt"]))
     return Message(train_reply(int(mine["client"]), data, 0.0, 0.0, signed), reply_to=msg)
 
 
