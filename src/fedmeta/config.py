@@ -357,6 +357,10 @@ def _check_dataset_options(cfg: Config) -> None:
         if fed.partition == "shards" and fed.shards_per_client * total > DIGITS_EXAMPLES:
             raise ConfigError("federated.shards_per_client", fed.shards_per_client,
                               f"at most {DIGITS_EXAMPLES // total} for {total} clients ({DIGITS_EXAMPLES} digits)")
+    per = fed.drawers_per_client
+    if data.name == "omniglot" and (20 % per or per < data.k_shot + data.k_query):  # data/federated.py
+        raise ConfigError("federated.drawers_per_client", per,
+                          f"a divisor of 20 (Omniglot's drawers) that is at least data.k_shot + data.k_query = {data.k_shot + data.k_query}")
     limit = {"digits": DIGITS_EXAMPLES, "synthetic": SYNTHETIC_MAX_EXAMPLES}.get(data.name)
     if limit is not None:
         holds = f"{limit} examples in all" if data.name == "digits" else f"at most {limit} examples per client"

@@ -69,6 +69,9 @@ RUN_CASES = {
     "typo-gets-nearest-key": (lambda t: [*FAST_FED, "--set", "federated.round=3"], "federated.round", "3"),
     "secure-sum-of-one-client": (
         lambda t: [*FAST_FED, "--set", "federated.clients_per_round=1"], "federated.clients_per_round", "1"),
+    "omniglot-drawers-per-client": (
+        lambda t: [str(ROOT / "configs" / "fed-omniglot-fedmeta.toml"), *FAST_FED, "--set", "federated.drawers_per_client=3"],
+        "federated.drawers_per_client", "3"),
     "digits-test-classes": (lambda t: [DIGITS, *FAST, "--set", "data.test_classes=[42]"], "data.test_classes", "42"),
     "digits-n-way": (lambda t: [DIGITS, *FAST, "--set", "data.n_way=20"], "data.n_way", "20"),
     "digits-k-query": (lambda t: [DIGITS, *FAST, "--set", "data.k_query=500"], "data.k_query", "500"),
