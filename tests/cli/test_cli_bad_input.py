@@ -283,3 +283,18 @@ def test_privacy_epsilon_rdp_only_takes_many_steps(capsys):
                  "--steps", "1000000000000", "--delta", "1e-5", "--accountant", "rdp"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("epsilon (RDP) = ")
+
+
+def test_run_whose_report_hits_a_full_disk_ends_in_one_line(tmp_path, capsys, monkeypatch):
+    """The run is done when the report is written: a full disk then is one failure line (exit 1)."""
+    from matplotlib.figure import Figure
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    out = tmp_path / "x"
+    assert main(["run", SINUSOID, *FAST, "--out", str(out), "--no-progress"]) == 1
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("run folder: ")]
+    assert len(err) == 1 and err[0].startswith("fedmeta: failed: cannot write the report") and "ENOSPC" in err[0], err
+    assert (out / "model.pt").is_file()
