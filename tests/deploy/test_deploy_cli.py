@@ -30,10 +30,10 @@ def test_tls_files_reach_flower_flags(tmp_path, capsys):
     link = shlex.split(capsys.readouterr().out)
     assert "--insecure" not in link and link[link.index("--ssl-certfile") + 1] == str(tmp_path / "cert.pem")
     assert main(["deploy", "supernode", "--superlink", "10.0.0.1:9100", "--partition-id", "2", "--num-partitions", "5",
-                 "--root-certificates", str(tmp_path / "ca.pem"), "--data-dir", "/data", "--print"]) == 0
+                 "--root-certificates", str(tmp_path / "ca.pem"), "--data-dir", str(tmp_path), "--print"]) == 0
     node = shlex.split(capsys.readouterr().out)
     assert node[node.index("--root-certificates") + 1] == str(tmp_path / "ca.pem")
-    assert node[node.index("--node-config") + 1] == 'partition-id=2 num-partitions=5 data-dir="/data"'
+    assert node[node.index("--node-config") + 1] == f'partition-id=2 num-partitions=5 data-dir="{tmp_path}"'
     assert main(["deploy", "supernode", "--superlink", "h:1", "--partition-id", "0", "--num-partitions", "1", "--print"]) == 2
 
 
@@ -82,6 +82,10 @@ BAD_INPUT = [  # (argv after `deploy`, the option the error names, the value it 
       "--insecure", "--print"], "--port", "-1"),
     (["supernode", "--superlink", "10.0.0.1:9092", "--partition-id", "0", "--num-partitions", "3", "--insecure",
       "--print"], "--superlink", "10.0.0.1"),
+    (["supernode", "--superlink", "127.0.0.1:9092", "--partition-id", "0", "--num-partitions", "3", "--insecure",
+      "--data-dir", "FILE", "--print"], "--data-dir", "FILE"),
+    (["supernode", "--superlink", "127.0.0.1:9092", "--partition-id", "0", "--num-partitions", "3", "--insecure",
+      "--key", "FILE.pem", "--print"], "--key", "FILE.pem"),
 ]
 
 

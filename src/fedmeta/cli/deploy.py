@@ -171,6 +171,8 @@ def supernode(
         check_insecure_host("--superlink", host, allow_insecure_remote)
     if key is not None and not key.is_file():
         raise BadInput("--key", str(key), "an existing PEM file (fedmeta keys create)")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise BadInput("--data-dir", data_dir, "an existing folder (this owner's datasets)")
     if config is not None:
         _config(config, None, None)  # a pinned config must itself be valid and deployable
     node = {"partition-id": partition_id, "num-partitions": num_partitions}
