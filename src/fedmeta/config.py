@@ -421,6 +421,10 @@ def _field_error(err: ValidationError) -> ConfigError:
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as err:  # argv bytes that are not UTF-8 arrive as surrogates
+        raise ConfigError("--set", item, f"UTF-8 text (character {err.start} is not)") from None
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError("--set", item, "KEY=VALUE with a dotted key, e.g. meta.inner_lr=0.01")

@@ -298,3 +298,17 @@ def test_run_whose_report_hits_a_full_disk_ends_in_one_line(tmp_path, capsys, mo
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("run folder: ")]
     assert len(err) == 1 and err[0].startswith("fedmeta: failed: cannot write the report") and "ENOSPC" in err[0], err
     assert (out / "model.pt").is_file()
+
+
+def test_set_with_bytes_that_are_not_utf8(tmp_path):
+    """argv bytes that are not UTF-8 (here 0xff) reach Python as surrogates; refused in one line."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "x"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmeta", "run", SINUSOID, "--set", b"run.name=\xff".decode("utf-8", "surrogateescape"),
+         "--out", str(out)], capture_output=True, timeout=120)
+    err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("fedmeta: error: --set = "), err
+    assert not out.exists()
