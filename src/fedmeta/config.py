@@ -36,9 +36,17 @@ class Section(BaseModel):
 
 
 class RunConfig(Section):
-    name: str = "run"
+    name: str = "run"  # names the default run folder, runs/<name>-<time>
     seed: Seed = 0
     threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = None  # torch intra-op threads; default: 1 for vmapped (MLP) runs, else torch's
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not name or name.startswith(".") or any(c in name for c in "/\\") or not name.isprintable():
+            raise ConfigError("run.name", name, "a file name: not empty, no '/', '\\' or control characters, "
+                                                "not starting with '.' (it names the folder runs/<name>-<time>)")
+        return name
 
 
 class DataConfig(Section):
