@@ -446,6 +446,29 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _check_server_key(server_key: str | None) -> None:
+    """The ledger's signing key loads, or can be created where it is to go (a run creates
+    `$FEDMETA_HOME/server_key.pem`, or `ledger.server_key`, on first use)."""
+    from fedmeta.errors import BadInput
+    from fedmeta.federated.record import default_server_key
+    from fedmeta.ledger.keys import load_private_key
+
+    field = "ledger.server_key"
+    path = Path(server_key).expanduser() if server_key else default_server_key()
+    where = "" if server_key else " (unset: $FEDMETA_HOME/server_key.pem, FEDMETA_HOME default ~/.fedmeta)"
+    if path.exists():
+        try:
+            load_private_key(path)
+        except BadInput as err:
+            raise ConfigError(field, str(path), f"an Ed25519 private key in PEM{where} ({err.accepted})") from None
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(field, str(path), f"a key file, or a path where one can be created{where}; {parent} is not a folder")
+
+
 def _check_paths(cfg: Config) -> None:
     """The folders a config names exist, before anything is written."""
     if cfg.data.data_dir is not None and not Path(cfg.data.data_dir).expanduser().is_dir():
@@ -454,6 +477,8 @@ def _check_paths(cfg: Config) -> None:
         from fedmeta.data.omniglot import resolve_data_dir
 
         resolve_data_dir(cfg.data.data_dir)
+    if cfg.ledger.enabled and cfg.federated is not None:
+        _check_server_key(cfg.ledger.server_key)
     keys = cfg.ledger.client_keys
     if keys is not None and not Path(keys).expanduser().is_dir():
         raise ConfigError("ledger.client_keys", keys,

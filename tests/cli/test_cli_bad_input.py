@@ -46,6 +46,10 @@ RUN_CASES = {
         lambda t: [*FAST_FED, "--set", f'ledger.participants={{ "0" = "{KEY}" }}',
                    "--set", f'ledger.client_keys="{t / "no-keys"}"'],
         "ledger.client_keys", "no-keys"),
+    "server-key-not-a-key": (
+        lambda t: [*FAST_FED, "--set", f'ledger.server_key="{_file(t, "k.pem", b"not a key")}"'], "ledger.server_key", "k.pem"),
+    "server-key-under-a-file": (
+        lambda t: [*FAST_FED, "--set", f'ledger.server_key="{_file(t, "f", b"x")}/k.pem"'], "ledger.server_key", "k.pem"),
     "participant-key-not-hex": (
         lambda t: [*FAST_FED, "--set", 'ledger.participants={ "0" = "zz" }'], "ledger.participants.0", "zz"),
     "rounds-bool": (lambda t: ["--set", "federated.rounds=true"], "federated.rounds", "True"),
@@ -314,4 +318,15 @@ def test_set_with_bytes_that_are_not_utf8(tmp_path):
          "--out", str(out)], capture_output=True, timeout=120)
     err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("fedmeta: error: --set = "), err
+    assert not out.exists()
+
+
+def test_fedmeta_home_that_is_a_file(tmp_path, capsys, monkeypatch):
+    """The ledger's default key goes to $FEDMETA_HOME/server_key.pem: that must be possible."""
+    home = tmp_path / "home"
+    home.write_text("x")
+    monkeypatch.setenv("FEDMETA_HOME", str(home))
+    out = tmp_path / "x"
+    rc = main(["run", *FAST_FED, "--out", str(out), "--no-progress"])
+    _one_error(capsys, rc, "ledger.server_key", "server_key.pem")
     assert not out.exists()
