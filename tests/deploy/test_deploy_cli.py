@@ -57,6 +57,8 @@ BAD_INPUT = [  # (argv after `deploy`, the option the error names, the value it 
     (["local", "CFG", "--deadline", "0"], "--deadline", "0"),
     (["local", "CFG", "--clients", "0"], "--clients", "0"),
     (["app", "CFG", "--min-nodes", "-3"], "--min-nodes", "-3"),
+    (["app", "--min-nodes", "-3"], "--min-nodes", "-3"),  # before the (undeployable) built-in demo's own error
+    (["local", "--clients", "0"], "--clients", "0"),
     (["app", "CFG", "--min-nodes", "4"], "--min-nodes", "4"),
     (["app", "CFG", "--dir", "FILE"], "--dir", "FILE"),
     (["app", "CFG", "--out", "FILE"], "--out", "FILE"),
@@ -89,7 +91,8 @@ BAD_INPUT = [  # (argv after `deploy`, the option the error names, the value it 
 ]
 
 
-@pytest.mark.parametrize(("argv", "option", "value"), BAD_INPUT, ids=[f"{c[0][0]} {c[1]}={c[2]}" for c in BAD_INPUT])
+@pytest.mark.parametrize(("argv", "option", "value"), BAD_INPUT, ids=[
+    f"{c[0][0]}{' demo' if c[0][0] in ('local', 'app') and 'CFG' not in c[0] else ''} {c[1]}={c[2]}" for c in BAD_INPUT])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(config, tmp_path, monkeypatch, capsys, argv, option, value):
     """`fedmeta: error: <option> = <value>: <what is accepted>`, exit 2, before anything is
     written or started (the working folder holds only the config and a file named FILE)."""

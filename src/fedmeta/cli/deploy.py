@@ -68,6 +68,8 @@ def local(
     from fedmeta.rundir import RunDir
 
     check_seconds("--deadline", deadline)
+    if clients is not None and clients < 1:  # the upper bound needs the config
+        raise BadInput("--clients", clients, "1 to federated.n_clients")
     cfg = _config(config, set_, data_dir)
     n = cfg.federated.n_clients
     clients = n if clients is None else clients
@@ -103,6 +105,8 @@ def app(
     for option, path in (("--dir", app_dir), ("--out", out)):
         if path.exists() and not path.is_dir():
             raise BadInput(option, str(path), "a folder, or a path where one can be created (this is a file)")
+    if min_nodes is not None and min_nodes < 1:  # the upper bound needs the config
+        raise BadInput("--min-nodes", min_nodes, "1 to federated.n_clients")
     cfg = _config(config, set_, None)
     n = cfg.federated.n_clients
     if min_nodes is not None and not 1 <= min_nodes <= n:
