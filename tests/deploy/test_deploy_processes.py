@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning"),
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc; the guard is Linux-only")]
 TAG = "FEDMETA_TEST_TAG"
 
 
