@@ -216,7 +216,8 @@ def test_sigkill_at_every_write_point(tmp_path, noise_seed):
         out = tmp_path / f"killed-{at}"
         code = sigkilled_cli(["run", str(config), "--out", str(out), "--no-progress"], at, tmp_path / "home")
         assert code in (-9, 0), code
-        done = subprocess.run([sys.executable, "-m", "fedmeta", "run", "--resume", str(out), "--no-progress"],
+        again = ["--resume", str(out)] if (out / "config.toml").exists() else [str(config), "--out", str(out)]
+        done = subprocess.run([sys.executable, "-m", "fedmeta", "run", *again, "--no-progress"],
                               env=env, timeout=300, capture_output=True, text=True)
         assert done.returncode == 0, (at, counter.points[at - 1], done.stderr)
         verify_ledger(out)

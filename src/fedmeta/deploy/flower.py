@@ -252,7 +252,7 @@ class FlowerRuntime(Simulation):
         if not isinstance(collected, SecureCollected):
             return super().aggregate(collected)
         self.refused = collected.refused
-        if collected.total is None or len(collected.included) < self.cfg.federated.min_clients:
+        if collected.total is None or len(collected.included) < self.min_usable:
             raise NotEnoughClients(len(collected.included), len(collected.sampled))
         delta = self.aggregation.from_secure_sum(collected.total, collected.weight, self.noise_rng(self.round + 1, 0))
         delta = {k: v.to(self.params[k].dtype) for k, v in delta.items()}

@@ -112,6 +112,9 @@ class Simulation:
         self.codec = make_compression(fed.compression, fed.topk_fraction)
         self.codec_state: dict[int, Any] = {}
         self.round = 0
+        # a secure sum of one update would reveal it (and SecAgg's threshold needs two)
+        secure = cfg.privacy.secure_aggregation != "off"
+        self.min_usable = max(fed.min_clients, 2) if secure else fed.min_clients
         self.per_round = cfg.clients_per_round_count
         self.accountant = Accountant(cfg.privacy.accountant)
         self.aggregation = Aggregation(cfg, self.sample_rate * len(self.data.train))
@@ -345,7 +348,7 @@ class Simulation:
             except RejectedUpdate as err:
                 rejected[cid] = err.reason
                 log.warning("round %d: %s", self.round + 1, err)
-        if len(accepted) < self.cfg.federated.min_clients:
+        if len(accepted) < self.min_usable:
             raise NotEnoughClients(len(accepted), len(collected.sampled))
         ids = sorted(accepted)
         delta = self.aggregation([accepted[c] for c in ids], [collected.weights[c] for c in ids],
@@ -370,6 +373,7 @@ class Simulation:
             raise FedmetaError(
                 f"round {r}: only {short.usable} of {short.sampled} sampled clients returned usable updates "
                 f"after {fed.max_retries + 1} attempts; federated.min_clients = {fed.min_clients}"
+                + (" (secure aggregation needs 2)" if self.min_usable > fed.min_clients else "")
             )
         self.params, self.round = new, r
         if (event := self.round_event()) is not None:
