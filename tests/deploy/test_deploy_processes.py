@@ -57,7 +57,7 @@ class Deployment:
         self.tag, self.out = uuid.uuid4().hex, tmp_path / "run"
         (tmp_path / "cfg.toml").write_text(cfg.to_toml())
         self.stderr = tmp_path / "stderr.txt"
-        env = {**os.environ, TAG: self.tag, "FEDMETA_HOME": str(tmp_path / "home")}
+        env = {**os.environ, TAG: self.tag, "FEDMETA_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)}  # logs kept here
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "fedmeta", "deploy", "local", str(tmp_path / "cfg.toml"),
                                           "--out", str(self.out), *args], env=env, stdout=subprocess.DEVNULL,
