@@ -121,7 +121,7 @@ class RunDir:
         if lock:
             run.lock("--resume")
         try:
-            return run, load_config(p / "config.toml")
+            return run, load_config(p / "config.toml", check_paths=lock)  # a reader needs no data
         except BaseException:
             run.close()
             raise

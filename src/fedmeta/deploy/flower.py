@@ -343,7 +343,7 @@ def client_runtime(cfg_toml: str, node_config: dict[str, Any]) -> tuple[Simulati
         import tomllib
 
         cfg = Config.model_validate(tomllib.loads(cfg_toml))
-        if pinned and without_data_dir(load_config(pinned)) != without_data_dir(cfg):
+        if pinned and without_data_dir(load_config(pinned, check_paths=False)) != without_data_dir(cfg):
             raise ConfigError("config", str(pinned), "the same config as the server's (this client pinned its own copy)")
         if data_dir:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": data_dir})})
