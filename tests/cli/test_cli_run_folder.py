@@ -158,3 +158,14 @@ def test_a_start_refused_by_the_runtime_leaves_no_folder(tmp_path, capsys):
     args = ["run", "--out", str(out), "--set", "privacy.target_epsilon=0.0001", "--no-progress"]
     one_line_exit_2(capsys, args, "privacy.target_epsilon")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("noise_seed", [None, 3])
+def test_a_dp_run_says_whether_its_noise_is_reproducible(tmp_path, capsys, monkeypatch, noise_seed):
+    monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
+    args = ["run", "--out", str(tmp_path / "r"), "--set", "federated.rounds=1", "--set", "federated.n_clients=6",
+            "--set", "federated.clients_per_round=4", "--set", "privacy.secure_aggregation='off'", "--no-progress"]
+    seeded = [] if noise_seed is None else ["--set", f"privacy.noise_seed={noise_seed}"]
+    assert main([*args, *seeded]) == 0
+    err = capsys.readouterr().err
+    assert ("operating system's randomness" in err) == (noise_seed is None), err
