@@ -62,3 +62,27 @@ def test_load_or_create_is_stable(tmp_path):
     again = keys.load_or_create_private_key(tmp_path / "keys" / "server.pem")
     assert keys.public_key_hex(first) == keys.public_key_hex(again)
     assert stat.S_IMODE((tmp_path / "keys" / "server.pem").stat().st_mode) == 0o600
+
+
+def test_a_key_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A crash while the key is written leaves no key file (before: an empty one, which
+    every later run refused); two processes creating one key agree on it."""
+    import os
+
+    path = tmp_path / "home" / "server_key.pem"
+    path.parent.mkdir()
+    real_fsync = os.fsync
+
+    def crash(fd):
+        raise KeyboardInterrupt  # stands for SIGKILL mid-write
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        keys.load_or_create_private_key(path)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not path.exists() and list(path.parent.iterdir()) == []
+    first = keys.load_or_create_private_key(path)
+    other = keys.generate()
+    with pytest.raises(BadInput):
+        keys.save_private_key(other, path)  # never overwrites
+    assert keys.public_key_hex(keys.load_or_create_private_key(path)) == keys.public_key_hex(first)

@@ -50,18 +50,30 @@ def key_id(public_hex: str) -> str:
 
 
 def save_private_key(key: Ed25519PrivateKey, path: str | Path) -> Path:
-    """Write the key as unencrypted PKCS#8 PEM, readable by the owner only; never overwrites."""
+    """Write the key as unencrypted PKCS#8 PEM, readable by the owner only; never overwrites.
+
+    The file appears whole or not at all (written and synced under a temporary name, then
+    hard-linked into place, which fails if the path exists), so a crash never leaves a
+    truncated key and two processes creating one key cannot both win."""
     path = Path(path)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    if path.exists():
+        raise BadInput("key file", str(path), "a path that does not exist yet")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # in case the umask or file system widened it
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
     except FileExistsError:
         raise BadInput("key file", str(path), "a path that does not exist yet") from None
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)  # in case the umask or file system widened it
-        f.write(pem)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -84,7 +96,10 @@ def load_or_create_private_key(path: str | Path) -> Ed25519PrivateKey:
         return load_private_key(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = generate()
-    save_private_key(key, path)
+    try:
+        save_private_key(key, path)
+    except BadInput:  # another process created it first: theirs is the key
+        return load_private_key(path)
     return key
 
 
