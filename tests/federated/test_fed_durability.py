@@ -204,6 +204,7 @@ def test_sigkill_after_commit_before_ledger_resumes_with_os_noise(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # two processes per write point: about 10 minutes on 2 cores
 @pytest.mark.parametrize("noise_seed", [5, None], ids=["seeded", "os-noise"])
 def test_sigkill_at_every_write_point(tmp_path, noise_seed):
     """The in-process sweep above, with real SIGKILLs (leftover temporary files, open
