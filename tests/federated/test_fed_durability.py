@@ -24,8 +24,9 @@ from faults import Crash, inject
 
 from fedmeta.cli import main
 from fedmeta.config import Config
+from fedmeta.federated.record import default_server_key
 from fedmeta.federated.simulation import run_federated
-from fedmeta.ledger import verify_ledger
+from fedmeta.ledger import keys, verify_ledger
 from fedmeta.rundir import RunDir
 from fedmeta.train import train
 
@@ -101,8 +102,11 @@ def metric_rows(out: Path) -> list[dict]:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
+def home(tmp_path, monkeypatch) -> Path:
+    """A server key made beforehand: every run then meets the same write points."""
     monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
+    keys.load_or_create_private_key(default_server_key())
+    return tmp_path / "home"
 
 
 @pytest.mark.parametrize("noise_seed", [7, None], ids=["seeded", "os-noise"])
@@ -182,7 +186,7 @@ def sigkilled_cli(args: list[str], at: int, home: Path) -> int:
     return subprocess.run([sys.executable, "-c", code], env=env, timeout=300, capture_output=True).returncode
 
 
-def test_sigkill_after_commit_before_ledger_resumes_with_os_noise(tmp_path):
+def test_sigkill_after_commit_before_ledger_resumes_with_os_noise(tmp_path, home):
     """A real SIGKILL between a round's checkpoint and its ledger entry, with noise from the
     OS: the resumed run publishes that round's committed model instead of drawing it anew
     (before: `round 5 model on resume: expected 62bf…, got a832…` on every resume)."""
@@ -193,9 +197,9 @@ def test_sigkill_after_commit_before_ledger_resumes_with_os_noise(tmp_path):
     start = next(i + 1 for i, p in enumerate(counter.points) if p.startswith("ledger append ['start']"))
     for at in (start, appends[1]):
         out = tmp_path / f"killed-{at}"
-        assert sigkilled_cli(["run", str(config), "--out", str(out), "--no-progress"], at, tmp_path / "home") == -9
+        assert sigkilled_cli(["run", str(config), "--out", str(out), "--no-progress"], at, home) == -9
         assert (out / "checkpoint.pt").exists()
-        env = {**os.environ, "FEDMETA_HOME": str(tmp_path / "home")}
+        env = {**os.environ, "FEDMETA_HOME": str(home)}
         done = subprocess.run([sys.executable, "-m", "fedmeta", "run", "--resume", str(out), "--no-progress"],
                               env=env, timeout=300, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
@@ -206,16 +210,16 @@ def test_sigkill_after_commit_before_ledger_resumes_with_os_noise(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # two processes per write point: about 10 minutes on 2 cores
 @pytest.mark.parametrize("noise_seed", [5, None], ids=["seeded", "os-noise"])
-def test_sigkill_at_every_write_point(tmp_path, noise_seed):
+def test_sigkill_at_every_write_point(tmp_path, home, noise_seed):
     """The in-process sweep above, with real SIGKILLs (leftover temporary files, open
     SQLite transactions, a held lock released by the kernel)."""
     config = write_config(federated_config(noise_seed), tmp_path / "fed.toml")
-    env = {**os.environ, "FEDMETA_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "FEDMETA_HOME": str(home)}
     with inject(how="count") as counter:
         assert main(["run", str(config), "--out", str(tmp_path / "reference"), "--no-progress"]) == 0
     for at in range(1, counter.seen + 1):
         out = tmp_path / f"killed-{at}"
-        code = sigkilled_cli(["run", str(config), "--out", str(out), "--no-progress"], at, tmp_path / "home")
+        code = sigkilled_cli(["run", str(config), "--out", str(out), "--no-progress"], at, home)
         assert code in (-9, 0), code
         again = ["--resume", str(out)] if (out / "config.toml").exists() else [str(config), "--out", str(out)]
         done = subprocess.run([sys.executable, "-m", "fedmeta", "run", *again, "--no-progress"],
