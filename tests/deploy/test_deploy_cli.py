@@ -113,7 +113,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(config, tmp_path, monk
     assert _files(tmp_path) == before
 
 
-def test_insecure_binds_loopback_unless_told_otherwise(tmp_path, capsys):
+def test_the_superlink_binds_loopback_unless_told_otherwise(tmp_path, capsys):
     def printed(*argv):
         assert main(["deploy", *argv, "--print"]) == 0
         cmd = shlex.split(capsys.readouterr().out)
@@ -125,7 +125,8 @@ def test_insecure_binds_loopback_unless_told_otherwise(tmp_path, capsys):
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     tls = ["--ssl-ca-certfile", str(tmp_path / "ca.pem"), "--ssl-certfile", str(tmp_path / "ca.pem"),
            "--ssl-keyfile", str(tmp_path / "ca.pem")]
-    assert printed("superlink", *tls) == "0.0.0.0"  # with TLS: for supernodes on other machines
+    assert printed("superlink", *tls) == "127.0.0.1"  # TLS too: another address only when given
+    assert printed("superlink", *tls, "--host", "0.0.0.0") == "0.0.0.0"  # with TLS, no extra flag
     node = ["supernode", "--partition-id", "0", "--num-partitions", "2", "--insecure", "--superlink"]
     assert printed(*node, "localhost:9092") == "localhost:9092"
     assert printed(*node, "10.0.0.1:9092", "--allow-insecure-remote") == "10.0.0.1:9092"

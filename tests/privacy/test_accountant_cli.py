@@ -9,7 +9,7 @@ import pytest
 
 from fedmeta.cli import main
 
-# DESIGN.md: N=60000, batch 256, σ=1.1, 60 epochs, δ=1e-5 -> ε 2.60 (RDP), 2.38 (PLD).
+# The reference point measured on 2-core machines: N=60000, batch 256, σ=1.1, 60 epochs, δ=1e-5 -> ε 2.60 (RDP), 2.38 (PLD).
 Q, STEPS = 256 / 60000, 60 * 60000 // 256
 
 

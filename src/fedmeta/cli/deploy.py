@@ -122,7 +122,7 @@ def app(
 def superlink(
     port: Annotated[int, typer.Option(help="HTTP port for supernodes and `flwr run`.")] = 9092,
     host: Annotated[str | None, typer.Option(
-        help="Address to listen on (default 127.0.0.1 with --insecure, 0.0.0.0 with TLS).")] = None,
+        help="Address to listen on (default 127.0.0.1; e.g. 0.0.0.0 with TLS for other machines).")] = None,
     insecure: Insecure = False,
     allow_insecure_remote: AllowRemote = False,
     ssl_ca_certfile: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,

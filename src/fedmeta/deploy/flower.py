@@ -1,6 +1,6 @@
 """Federated runs on Flower's deployment runtime (flwr ≥ 1.41, Message API): a `ServerApp`
-and a `ClientApp` over the same stages as the in-process runtime (DESIGN.md, "Data flow
-of one federated round"); only the transport differs.
+and a `ClientApp` over the same stages as the in-process runtime (README, "Federated runs": one
+round's data flow); only the transport differs.
 
 The server is a `Simulation` whose `collect` reaches real clients: it samples client ids
 exactly as in-process, then sends each sampled client ONE `train` message (global

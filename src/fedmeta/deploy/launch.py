@@ -121,9 +121,9 @@ def check_insecure_host(option: str, host: str, allow_remote: bool) -> None:
 
 
 def superlink_command(port: int, tls: TLS | None = None, host: str | None = None) -> list[str]:
-    """`host`: the address the superlink listens on; default 127.0.0.1 without TLS (loopback
-    only), 0.0.0.0 with TLS (supernodes on other machines)."""
-    host = host or (LOOPBACK if tls is None else "0.0.0.0")
+    """`host`: the address the superlink listens on; default 127.0.0.1 (loopback only), with
+    or without TLS: supernodes on other machines need an address given on purpose."""
+    host = host or LOOPBACK
     cmd = [binary("flower-superlink"), "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
     if tls is None:
         return [*cmd, "--insecure"]

@@ -1,6 +1,6 @@
 """A round's aggregation: from the clients' accepted updates to the one Δ the strategy applies.
 
-Cross-cutting features wrap this step (DESIGN.md), never the strategies:
+Cross-cutting features wrap this step, never the strategies:
 
 - client-level DP, DP-FedAvg (McMahan, Ramage, Talwar & Zhang, ICLR 2018): each client
   clips Δ to C; the server adds N(0, z²C²) to the sum (`central`), or each of the m

@@ -1,6 +1,6 @@
 """The in-process federated runtime: many clients simulated in one process.
 
-One round (DESIGN.md's data flow): sample clients → each surviving client draws episodes
+One round: sample clients → each surviving client draws episodes
 from its own data and runs its local procedure → encodes its update (optionally
 compressed) to bytes → the server checks every update, takes the example-weighted mean
 and applies the server strategy. Clients that drop out, straggle past the deadline or
