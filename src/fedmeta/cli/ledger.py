@@ -71,8 +71,11 @@ def verify(
         pinned = "pinned" if public_key else "as recorded; pin it with --public-key"
         typer.echo(f"ok: {ledger.size} entries, {len(heads)} signed tree heads, root {root}")
         typer.echo(f"server key {ledger.public_key} ({pinned})")
+    models = [name for name in covered if name.startswith("models/")]
     for name, sha in covered.items():
-        typer.echo(f"covers {name} {sha}")
+        if name not in models:
+            typer.echo(f"covers {name} {sha}")
+    typer.echo(f"covers models/: {len(models)} model versions, each named by its SHA-256")
 
 
 def _short(sha: str | None) -> str:
