@@ -5,6 +5,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmeta.config import Config
 from fedmeta.deploy.flower import QUERY, TRAIN, client_query, client_secagg, client_train
 from fedmeta.deploy.secagg import MASKED_INPUT, SHARE_KEYS, UNMASK
+from fedmeta.ledger import keys
 
 
 def make_config(data: str = "synthetic", privacy: dict | None = None, **federated) -> Config:
@@ -67,3 +68,19 @@ def grid_factory(monkeypatch):
     for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 0)):
         monkeypatch.setattr(TaskIdentity, name, value)
     return LoopbackGrid
+
+
+@pytest.fixture
+def client_keys():
+    """`make(folder, n)`: keys `<folder>/<cid>.pem` for clients 0..n-1, and their public keys
+    as `ledger.participants` registers them."""
+
+    def make(folder, n: int) -> dict[str, str]:
+        registered = {}
+        for cid in range(n):
+            key = keys.generate()
+            keys.save_private_key(key, folder / f"{cid}.pem")
+            registered[str(cid)] = keys.public_key_hex(key)
+        return registered
+
+    return make

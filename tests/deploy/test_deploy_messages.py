@@ -65,16 +65,12 @@ def test_client_work_differs_between_clients(config, grid_factory):
 
 
 @pytest.mark.parametrize("secure", ["off", "secagg+"])
-def test_signed_updates_verify_in_the_ledger(config, grid_factory, tmp_path, monkeypatch, secure):
+def test_signed_updates_verify_in_the_ledger(config, grid_factory, client_keys, tmp_path, monkeypatch, secure):
     """Each client signs with its own key (node_config `key`); the server holds only the
     registered public keys; a client whose key is not registered is refused and logged (with
     secure aggregation: its masked input is signed, and refused before unmasking)."""
     monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
-    registered = {}
-    for cid in range(3):
-        key = keys.generate()
-        keys.save_private_key(key, tmp_path / f"{cid}.pem")
-        registered[str(cid)] = keys.public_key_hex(key)
+    registered = client_keys(tmp_path, 3)
     registered["2"] = keys.public_key_hex(keys.generate())  # client 2 signs with a key the server does not know
     cfg = config("sinusoid", clients_per_round=3, privacy={"secure_aggregation": secure})
     cfg = cfg.model_copy(update={"ledger": cfg.ledger.model_copy(update={"enabled": True, "participants": registered})})

@@ -5,18 +5,14 @@ from flwr.app import Error, Message
 
 from fedmeta.deploy.flower import FlowerRuntime
 from fedmeta.federated.simulation import run_federated
-from fedmeta.ledger import keys, verify_ledger
+from fedmeta.ledger import verify_ledger
 from fedmeta.rundir import RunDir
 
 
 @pytest.mark.parametrize("secure", ["off", "secagg+"])
-def test_signed_deployed_round_survives_a_retry(config, grid_factory, tmp_path, monkeypatch, secure):
+def test_signed_deployed_round_survives_a_retry(config, grid_factory, client_keys, tmp_path, monkeypatch, secure):
     monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
-    registered = {}
-    for cid in range(3):
-        key = keys.generate()
-        keys.save_private_key(key, tmp_path / f"{cid}.pem")
-        registered[str(cid)] = keys.public_key_hex(key)
+    registered = client_keys(tmp_path, 3)
     cfg = config("sinusoid", clients_per_round=3, min_clients=3, max_retries=2, privacy={"secure_aggregation": secure})
     cfg = cfg.model_copy(update={"ledger": cfg.ledger.model_copy(update={"enabled": True, "participants": registered})})
     grid = grid_factory(3)

@@ -122,7 +122,7 @@ def app(
 def superlink(
     port: Annotated[int, typer.Option(help="HTTP port for supernodes and `flwr run`.")] = 9092,
     host: Annotated[str | None, typer.Option(
-        help="Address to listen on (default 127.0.0.1; e.g. 0.0.0.0 with TLS for other machines).")] = None,
+        help="Address to listen on (default 127.0.0.1; all interfaces only with TLS, for other machines).")] = None,
     insecure: Insecure = False,
     allow_insecure_remote: AllowRemote = False,
     ssl_ca_certfile: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
@@ -135,7 +135,7 @@ def superlink(
 
     check_port("--port", port)
     if host is not None and not host.strip():
-        raise BadInput("--host", host, "an address to listen on (e.g. 127.0.0.1, 0.0.0.0)")
+        raise BadInput("--host", host, "an address to listen on (e.g. 127.0.0.1, ::1 or this machine's address)")
     tls = _tls(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)
     if tls is None and host is not None:
         check_insecure_host("--host", host, allow_insecure_remote)
