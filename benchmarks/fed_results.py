@@ -39,7 +39,7 @@ from torch.func import functional_call
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 from fedmeta.config import load_config  # noqa: E402
-from fedmeta.federated.simulation import Simulation  # noqa: E402
+from fedmeta.federated.runtime import Runtime  # noqa: E402
 from fedmeta.meta.base import loss_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,13 +130,13 @@ def show(cmd: list[str]) -> str:
 
 
 # -- 1. Synthetic(1,1) ------------------------------------------------------------------
-def training_loss(sim: Simulation) -> tuple[float, float]:
+def training_loss(runtime: Runtime) -> tuple[float, float]:
     """The global model's loss and accuracy on all training examples of all clients."""
     loss_fn = loss_for("classification")
     total, correct, n = 0.0, 0.0, 0
     with torch.no_grad():
-        for client in sim.data.train:
-            logits = functional_call(sim.model, sim.params, (client.x,))  # (examples, classes)
+        for client in runtime.data.train:
+            logits = functional_call(runtime.clients.model, runtime.params, (client.x,))  # (examples, classes)
             total += float(loss_fn(logits, client.y, reduction="sum"))
             correct += float((logits.argmax(1) == client.y).sum())
             n += client.n_examples
@@ -153,12 +153,12 @@ def synthetic(out: Path) -> None:
     rows = []
     curves = {}
     for name, (path, overrides) in SYNTHETIC.items():
-        sim = Simulation(load_config(ROOT / path, overrides))
-        curve = [training_loss(sim)]
+        runtime = Runtime(load_config(ROOT / path, overrides))
+        curve = [training_loss(runtime)]
         start = time.process_time()
-        for _ in range(sim.cfg.federated.rounds):
-            sim.run_round()
-            curve.append(training_loss(sim))
+        for _ in range(runtime.cfg.federated.rounds):
+            runtime.run_round()
+            curve.append(training_loss(runtime))
         cpu = time.process_time() - start
         curves[name] = curve
         loss = [c[0] for c in curve]

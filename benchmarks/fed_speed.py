@@ -6,7 +6,7 @@ K = 10 support and 10 query points, inner step α = 0.01, and per client one loc
 meta-step θ ← θ − β∇meta over `TASKS` tasks drawn from its own region; the server takes
 the example-weighted mean (FedAvg).
 
-- fedmeta: `Simulation(cfg).run_round()` with 1000 clients, 100 or 1000 sampled per
+- fedmeta: `Runtime(cfg).run_round()` with 1000 clients, 100 or 1000 sampled per
   round, clients batched with `vmap` (chunks of `client_chunk`) and with a loop.
 - Flower 1.41: `flwr.simulation.run_simulation` (Ray backend) with a `ServerApp` running
   Flower's own message-API `FedAvg` and a `ClientApp` whose train handler does the same
@@ -50,7 +50,7 @@ from fedmeta.config import Config  # noqa: E402
 from fedmeta.data.base import TaskBatch  # noqa: E402
 from fedmeta.data.federated import FederatedData  # noqa: E402
 from fedmeta.federated.client import local_update  # noqa: E402
-from fedmeta.federated.simulation import Simulation  # noqa: E402
+from fedmeta.federated.runtime import ClientSide, Runtime  # noqa: E402
 
 N_CLIENTS = 1000
 TASKS = 5
@@ -100,29 +100,30 @@ def plain_maml_update(
 
 def check_equivalence() -> float:
     """Largest |Δ_plain − Δ_fedmeta| of one client's update on the same episodes."""
-    sim = Simulation(config(10, n_clients=10))
-    batch, steps = sim.client_episodes(0, sim.generator(1))
-    ours = local_update(sim.procedure, sim.params, batch, torch.tensor(steps))
+    runtime = Runtime(config(10, n_clients=10))
+    training, params = runtime.clients.training, runtime.params
+    batch, steps = training.episodes([0], runtime.server.generator(1))[0]
+    ours = local_update(training.procedure, params, batch, torch.tensor(steps))
     one = TaskBatch(batch.xs[0], batch.ys[0], batch.xq[0], batch.yq[0])  # (tasks, K, 1)
-    plain = plain_maml_update(sim.model, sim.params, one)
-    return max(float((plain[k] - sim.params[k] - ours[k]).abs().max()) for k in ours)
+    plain = plain_maml_update(runtime.clients.model, params, one)
+    return max(float((plain[k] - params[k] - ours[k]).abs().max()) for k in ours)
 
 
 @functools.cache
 def worker_state(n_clients: int) -> tuple[FederatedData, torch.nn.Module]:
     """The federated sinusoid clients and the network, built once per process."""
-    sim = Simulation(config(n_clients, n_clients=n_clients))
-    return sim.data, sim.model
+    clients = ClientSide.from_config(config(n_clients, n_clients=n_clients))
+    return clients.data, clients.model
 
 
 # -- cases, each run in a child process --------------------------------------------------
 def fedmeta_case(per_round: int, batching: str, rounds: int) -> dict:
-    sim = Simulation(config(per_round, batching))
-    sim.run_round()  # warm-up, not counted
+    runtime = Runtime(config(per_round, batching))
+    runtime.run_round()  # warm-up, not counted
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        sim.run_round()
+        runtime.run_round()
         times.append(time.perf_counter() - t)
     return {"round_seconds": statistics.median(times), "rounds": rounds}
 
@@ -177,7 +178,7 @@ def flower_case(per_round: int, rounds: int) -> dict:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        params = Simulation(config(per_round, n_clients=per_round)).params
+        params = Runtime(config(per_round, n_clients=per_round)).params
         strategy = TimedFedAvg(
             fraction_train=1.0,
             fraction_evaluate=0.0,

@@ -45,7 +45,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 from fedmeta.config import Config, load_config  # noqa: E402
-from fedmeta.federated.simulation import run_federated  # noqa: E402
+from fedmeta.federated.driver import run_federated  # noqa: E402
 from fedmeta.privacy.accountant import Steps, epsilon_of  # noqa: E402
 from fedmeta.privacy.noise import InsecureNoiseWarning  # noqa: E402
 from fedmeta.rundir import RunDir  # noqa: E402

@@ -38,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, print_table  # noqa: E402
 from fedmeta.federated.attacks import make_attack  # noqa: E402
 from fedmeta.federated.robust import make_robust  # noqa: E402
-from fedmeta.meta.base import Params  # noqa: E402
-from fedmeta.privacy.stages import global_norm  # noqa: E402
+from fedmeta.params import Params, global_norm  # noqa: E402
 
 N, F = 100, 20
 SHAPES = {"w": (1000, 99), "b": (1000,)}

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
+from fedmeta.build import learner_for, model_for
 from fedmeta.config import Config
 from fedmeta.data import make_tasks
 from fedmeta.data.base import TaskDistribution
-from fedmeta.meta import ALGORITHMS, MetaLearner, Params
-from fedmeta.models import build_model, parameters_of
+from fedmeta.meta import MetaLearner, Params
+from fedmeta.models import parameters_of
 from fedmeta.progress import progress_bar
 from fedmeta.rundir import RunDir
 from fedmeta.threads import use_threads
@@ -34,30 +35,10 @@ class Setup:
     meta: Params
 
 
-def model_name(cfg: Config) -> str:
-    if cfg.model.name != "auto":
-        return cfg.model.name
-    return "mlp" if cfg.data.name == "sinusoid" else "conv4"
-
-
 def build(cfg: Config) -> Setup:
     train_tasks, test_tasks = make_tasks(cfg.data, "train"), make_tasks(cfg.data, "test")
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(
-        model_name(cfg),
-        train_tasks.x_shape,
-        train_tasks.n_outputs,
-        hidden=cfg.model.hidden,
-        filters=cfg.model.filters,
-    )
-    learner = ALGORITHMS[cfg.meta.algorithm](
-        model,
-        train_tasks.kind,
-        inner_steps=cfg.meta.inner_steps,
-        inner_lr=cfg.meta.inner_lr,
-        batching=cfg.meta.batching,
-        compile_query=cfg.meta.compile_query,
-    )
+    model = model_for(cfg, train_tasks.x_shape, train_tasks.n_outputs)
+    learner = learner_for(cfg, model, train_tasks.kind)
     return Setup(train_tasks, test_tasks, learner, learner.init(parameters_of(model)))
 
 

@@ -3,8 +3,17 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import Config
-from fedmeta.deploy.flower import QUERY, TRAIN, client_query, client_secagg, client_train
+from fedmeta.deploy.flower import (
+    QUERY,
+    TRAIN,
+    FlowerTransport,
+    client_query,
+    client_secagg,
+    client_train,
+)
 from fedmeta.deploy.secagg import MASKED_INPUT, SHARE_KEYS, UNMASK
+from fedmeta.federated.runtime import Runtime
+from fedmeta.federated.transport import Broadcast, Replies
 from fedmeta.ledger import keys
 
 
@@ -68,6 +77,33 @@ def grid_factory(monkeypatch):
     for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 0)):
         monkeypatch.setattr(TaskIdentity, name, value)
     return LoopbackGrid
+
+
+@pytest.fixture
+def deployed(grid_factory):
+    """`make(cfg, grid, min_nodes=..., wait=..., deadline=...)`: the server's runtime of a
+    deployed run, its transport Flower over `grid` (registration happens here)."""
+
+    def make(cfg: Config, grid, **options) -> Runtime:
+        return Runtime(cfg, lambda _: FlowerTransport(cfg, grid, **options))
+
+    return make
+
+
+@pytest.fixture
+def exchange():
+    """`send(runtime, round, attempt=0)`: the round's sample and broadcast over the runtime's
+    transport, as a round sends them, and the replies; nothing is admitted or aggregated."""
+
+    def send(runtime: Runtime, round_: int, attempt: int = 0) -> Replies:
+        server = runtime.server
+        gen = server.generator(round_, attempt)
+        sampled = server.sampler.sample(gen)
+        broadcast = Broadcast(server.params, server.clip_norm, runtime.run_id, gen, server.aggregation,
+                              lambda c, data, signed: server.admission.check_signature(round_, attempt, c, data, signed))
+        return runtime.transport.exchange(round_, attempt, sampled, broadcast)
+
+    return send
 
 
 @pytest.fixture

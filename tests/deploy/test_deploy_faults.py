@@ -7,10 +7,10 @@ import json
 import pytest
 from flwr.app import Error, Message
 
-from fedmeta.deploy.flower import TRAIN, FlowerRuntime
+from fedmeta.deploy.flower import TRAIN
 from fedmeta.deploy.launch import read_failure, write_failure
 from fedmeta.errors import BadInput, ConfigError, FedmetaError
-from fedmeta.federated.simulation import run_federated
+from fedmeta.federated.driver import run_federated
 from fedmeta.rundir import RunDir
 
 SUPERLINK_NODE_ID = 1  # flwr.common.constant: the sender of the superlink's own error replies
@@ -45,11 +45,11 @@ def dying_grid(grid_factory):
     return DyingGrid
 
 
-def test_a_dead_supernode_is_a_dropped_client(config, dying_grid, tmp_path):
+def test_a_dead_supernode_is_a_dropped_client(config, dying_grid, deployed, tmp_path):
     cfg = config(rounds=4, n_clients=3, clients_per_round=2, min_clients=1)
     grid = dying_grid(3, dead={1}, dies_after=1)
     run = RunDir.create(tmp_path / "run", cfg)
-    summary = run_federated(cfg, run, show_progress=False, sim=FlowerRuntime(cfg, grid, min_nodes=3, wait=1))
+    summary = run_federated(cfg, run, show_progress=False, runtime=deployed(cfg, grid, min_nodes=3, wait=1))
     assert summary["rounds"] == 4
     asked = [int(m.content["header"]["round"]) for m in grid.sent if m.metadata.message_type == TRAIN
              and m.metadata.dst_node_id == 101 and int(m.content["header"]["round"]) > 1]
@@ -58,16 +58,16 @@ def test_a_dead_supernode_is_a_dropped_client(config, dying_grid, tmp_path):
     assert all(rounds[r]["dropped"] >= 1 for r in asked)
 
 
-def test_too_few_survivors_is_the_in_process_error(config, dying_grid, tmp_path):
+def test_too_few_survivors_is_the_in_process_error(config, dying_grid, deployed, tmp_path):
     cfg = config(rounds=3, n_clients=3, clients_per_round=3, min_clients=3, max_retries=1)
-    sim = FlowerRuntime(cfg, dying_grid(3, dead={0}, dies_after=1), min_nodes=3, wait=1)
+    runtime = deployed(cfg, dying_grid(3, dead={0}, dies_after=1), min_nodes=3, wait=1)
     with pytest.raises(FedmetaError, match="round 2: only 2 of 3 sampled clients"):
-        run_federated(cfg, RunDir.create(tmp_path / "run", cfg), show_progress=False, sim=sim)
+        run_federated(cfg, RunDir.create(tmp_path / "run", cfg), show_progress=False, runtime=runtime)
 
 
-def test_a_reply_from_no_client_asked_is_ignored(config, grid_factory):
+def test_a_reply_from_no_client_asked_is_ignored(config, grid_factory, deployed):
     grid = grid_factory(3)
-    sim = FlowerRuntime(config(), grid, min_nodes=3, wait=1)
+    runtime = deployed(config(), grid, min_nodes=3, wait=1)
     receive = grid.send_and_receive
 
     def with_stray(messages, **kwargs):
@@ -78,7 +78,7 @@ def test_a_reply_from_no_client_asked_is_ignored(config, grid_factory):
         return [stray, *out]
 
     grid.send_and_receive = with_stray
-    assert sim.run_round()["clients"] == 2
+    assert runtime.run_round().row["clients"] == 2
 
 
 @pytest.mark.parametrize(("err", "kind", "line"), [

@@ -120,11 +120,11 @@ def test_a_server_app_failure_reaches_the_terminal(config, tmp_path):
 def test_a_killed_supernode_is_dropped_and_the_run_completes(config, tmp_path):
     """SIGKILL one of three supernodes after round 1; the superlink then answers for it (once
     it misses its heartbeats) and the rounds that sampled it complete with the survivors."""
-    from fedmeta.federated.simulation import Simulation
+    from fedmeta.federated.runtime import Runtime
 
     cfg = config(rounds=4, clients_per_round=2, min_clients=1)
-    sim = Simulation(cfg)
-    sampled = {r: sim.sample_clients(sim.generator(r, 0)) for r in (2, 3, 4)}  # the in-process sample, as the server draws it
+    server = Runtime(cfg).server
+    sampled = {r: server.sampler.sample(server.generator(r, 0)) for r in (2, 3, 4)}  # the in-process sample, as the server draws it
     assert any(1 in s for s in sampled.values())
     run = Deployment(tmp_path, cfg, "--clients", "3", "--deadline", "300")
     try:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from fedmeta.deploy.flower import HEADER, PARAMS, TRAIN, FlowerRuntime, client_update, read_reply
+from fedmeta.deploy.flower import HEADER, PARAMS, TRAIN, client_update, read_reply
 from fedmeta.deploy.secagg import MASKED_INPUT, SECAGG, SHARE_KEYS, UNMASK
 from fedmeta.errors import FedmetaError
-from fedmeta.federated.aggregation import Aggregation
-from fedmeta.federated.simulation import NotEnoughClients
+from fedmeta.federated.aggregation import build_aggregation
+from fedmeta.federated.dp_fedavg import ClientLevelDP
 from fedmeta.federated.wire import decode
 
 
@@ -26,79 +26,82 @@ def plaintext_updates(grid, round_=1):
         header = dict(m.content[HEADER])
         node_config = grid.contexts[m.metadata.dst_node_id].node_config
         reply = client_update(header, m.content[PARAMS].to_torch_state_dict(), dict(node_config), RecordDict())
-        cid, data, weight, report, _ = read_reply(reply)
-        out[cid] = (decode(data), weight, report)
+        cid, got = read_reply(reply)
+        out[cid] = (decode(got.data), got.weight, got.report)
     return out
 
 
 @pytest.mark.parametrize("scheme", ["secagg", "secagg+"])
 @pytest.mark.parametrize(("silent", "included"), [({}, {0, 1, 2, 3}), ({UNMASK: {1}}, {0, 1, 2, 3}),
                                                   ({MASKED_INPUT: {1}}, {0, 2, 3})])
-def test_secure_aggregate_is_the_weighted_mean(config, grid_factory, scheme, silent, included):
+def test_secure_aggregate_is_the_weighted_mean(config, grid_factory, deployed, scheme, silent, included):
     """Client 1 silent from unmask on (after masking: its input stays in the sum) or from
     masked_input on (before: its pairwise masks are removed from the others' inputs)."""
     cfg = config("sinusoid", n_clients=4, clients_per_round=4, min_clients=2, strategy="fedavg", server_lr=1.0,
                  privacy={"secure_aggregation": scheme, "secagg_clip": 2.0})
     grid = grid_factory(4, silent=silent)
-    sim = FlowerRuntime(cfg, grid, min_nodes=4, wait=1)
-    before = {k: v.clone() for k, v in sim.params.items()}
-    info = sim.run_round()
+    runtime = deployed(cfg, grid, min_nodes=4, wait=1)
+    before = {k: v.clone() for k, v in runtime.params.items()}
+    info = runtime.run_round().row
     assert info["clients"] == len(included) and info["secagg_included"] == len(included)
     kinds = [m.metadata.message_type for m in grid.sent if m.metadata.message_type != "query"]
     assert [kinds.count(k) for k in (TRAIN, SHARE_KEYS, MASKED_INPUT, UNMASK)] == [4, 4, 4, len(included)]
     clear = {c: v for c, v in plaintext_updates(grid).items() if c in included}
     total = sum(w for _, w, _ in clear.values())
-    for name, value in sim.params.items():
+    for name, value in runtime.params.items():
         mean = sum(u[name].double() * w for u, w, _ in clear.values()) / total  # plaintext reference
         torch.testing.assert_close(value.double() - before[name].double(), mean, rtol=0, atol=1e-7)
     ids = sorted(clear)  # the in-process secure sum of the same updates
-    local = Aggregation(cfg, 4.0)([clear[c][0] for c in ids], [clear[c][1] for c in ids], [0.0] * len(ids),
-                                  np.random.default_rng(0))
-    for name, value in sim.params.items():
+    local = build_aggregation(cfg, None)([clear[c][0] for c in ids], [clear[c][1] for c in ids], [0.0] * len(ids),
+                                         np.random.default_rng(0)).delta
+    for name, value in runtime.params.items():
         torch.testing.assert_close(value.double() - before[name].double(), local[name].double(), rtol=0, atol=1e-7)
 
 
 @pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning")
-def test_central_dp_with_adaptive_clipping_matches_the_in_process_aggregation(config, grid_factory):
+def test_central_dp_with_adaptive_clipping_matches_the_in_process_aggregation(config, grid_factory, deployed):
     """DP-FedAvg: unit weights, the clip count summed as one more masked coordinate, central
-    noise and the clip-norm step on the server, exactly as `Aggregation` does in-process."""
+    noise and the clip-norm step on the server, exactly as the in-process aggregation does."""
     privacy = {"dp": "central", "noise_multiplier": 0.3, "clip_norm": 0.05, "clipping": "adaptive",
                "noise_seed": 11, "secure_aggregation": "secagg+"}
     cfg = config("sinusoid", n_clients=4, clients_per_round=4, min_clients=1, strategy="fedavg", server_lr=1.0,
                  privacy=privacy)
     grid = grid_factory(4)
-    sim = FlowerRuntime(cfg, grid, min_nodes=4, wait=1)
-    before = {k: v.clone() for k, v in sim.params.items()}
-    reference = Aggregation(cfg, sim.aggregation.m)
-    sim.run_round()
+    runtime = deployed(cfg, grid, min_nodes=4, wait=1)
+    server = runtime.server
+    before = {k: v.clone() for k, v in runtime.params.items()}
+    dp = ClientLevelDP.from_config(cfg, server.sampler.rate, server.client_dp.expected_clients)  # its own clip state
+    reference = build_aggregation(cfg, dp)
+    runtime.run_round()
     clear = plaintext_updates(grid)
     ids = sorted(clear)
     delta = reference([clear[c][0] for c in ids], [clear[c][1] for c in ids], [clear[c][2] for c in ids],
-                      sim.noise_rng(1, 0))
-    for name, value in sim.params.items():
+                      server.noise_rng(1)).delta
+    for name, value in runtime.params.items():
         torch.testing.assert_close(value.double() - before[name].double(), delta[name].double(), rtol=0, atol=1e-6)
-    assert sim.aggregation.clip_norm == pytest.approx(reference.clip_norm, rel=1e-6)
-    assert reference.clip_norm != privacy["clip_norm"]
+    assert server.clip_norm == pytest.approx(dp.clip_norm, rel=1e-6)
+    assert dp.clip_norm != privacy["clip_norm"]
 
 
-def test_below_threshold_the_round_aborts_and_is_retried(config, grid_factory):
+def test_below_threshold_the_round_aborts_and_is_retried(config, grid_factory, deployed, exchange):
     cfg = config("sinusoid", n_clients=3, clients_per_round=3, min_clients=1, max_retries=1,
                  privacy={"secure_aggregation": "secagg"})
-    sim = FlowerRuntime(cfg, grid_factory(3, silent={SHARE_KEYS: {0, 1}}), min_nodes=3, wait=1)
-    collected = sim.collect(1)
-    assert "secure aggregation aborted in SHARE_KEYS" in collected.dropped[2]
-    with pytest.raises(NotEnoughClients):
-        sim.aggregate(collected)
+    runtime = deployed(cfg, grid_factory(3, silent={SHARE_KEYS: {0, 1}}), min_nodes=3, wait=1)
+    replies = exchange(runtime, 1)
+    assert "secure aggregation aborted in SHARE_KEYS" in replies.dropped[2]
+    assert replies.summed is not None and replies.summed.total is None  # no sum: nothing to aggregate
+    admitted = runtime.server.admission(replies, 1, runtime.params)
+    assert admitted.usable == 0 < runtime.server.min_usable
     with pytest.raises(FedmetaError, match="after 2 attempts"):
-        sim.run_round()
+        runtime.run_round()
 
 
-def test_node_secrets_never_reach_the_server(config, grid_factory):
+def test_node_secrets_never_reach_the_server(config, grid_factory, deployed):
     """Client 1 keeps its state (it never answers unmask): its seed and its summand appear in
     no message the server received."""
     cfg = config("sinusoid", n_clients=3, clients_per_round=3, min_clients=2, privacy={"secure_aggregation": "secagg"})
     grid = grid_factory(3, silent={UNMASK: {1}})
-    FlowerRuntime(cfg, grid, min_nodes=3, wait=1).run_round()
+    deployed(cfg, grid, min_nodes=3, wait=1).run_round()
     state = grid.contexts[101].state
     seed = bytes(state[SECAGG]["seed"])
     row = torch.cat([t.reshape(-1) for t in state["fedmeta.secagg.row"].to_torch_state_dict().values()])

@@ -5,8 +5,7 @@ in-process client computes whatever thread count its process started with."""
 import pytest
 import torch
 
-from fedmeta.deploy.flower import FlowerRuntime
-from fedmeta.federated.simulation import Simulation
+from fedmeta.federated.training import Training
 from fedmeta.threads import default_threads, threads_for, use_threads
 
 
@@ -32,22 +31,22 @@ def test_the_rule_always_sets_an_explicit_count(config, monkeypatch):
 
 
 @pytest.mark.parametrize("batching", ["vmap", "loop"])
-def test_a_client_computes_with_the_in_process_thread_count(config, grid_factory, monkeypatch, batching):
+def test_a_client_computes_with_the_in_process_thread_count(config, grid_factory, deployed, monkeypatch, batching):
     """A fresh ClientApp process starts with torch's default thread count (every core), a
     test process with whatever an earlier run left; the client must compute with the rule's
     count, as the in-process run does."""
     cfg = config(client_batching=batching)
     rule = threads_for(cfg, batching)
     seen = []
-    local_deltas = Simulation.local_deltas
+    deltas = Training.deltas
 
     def recording(self, *args, **kwargs):
         seen.append(torch.get_num_threads())
-        return local_deltas(self, *args, **kwargs)
+        return deltas(self, *args, **kwargs)
 
-    monkeypatch.setattr(Simulation, "local_deltas", recording)
+    monkeypatch.setattr(Training, "deltas", recording)
     grid = grid_factory(3)
-    sim = FlowerRuntime(cfg, grid, min_nodes=3, wait=1)
+    runtime = deployed(cfg, grid, min_nodes=3, wait=1)
     other = rule + 1
     handlers = grid.send_and_receive
 
@@ -59,7 +58,7 @@ def test_a_client_computes_with_the_in_process_thread_count(config, grid_factory
         return replies
 
     grid.send_and_receive = fresh_process
-    sim.run_round()
+    runtime.run_round()
     trains = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert len(trains) == 2 and seen == [rule] * len(trains)
 

@@ -10,8 +10,10 @@ import torch
 
 from fedmeta.config import Config, load_config
 from fedmeta.errors import ConfigError
-from fedmeta.federated.aggregation import Aggregation
-from fedmeta.federated.simulation import Simulation
+from fedmeta.federated.aggregation import build_aggregation
+from fedmeta.federated.dp_fedavg import ClientLevelDP
+from fedmeta.federated.runtime import Runtime
+from fedmeta.federated.sampling import expected_clients
 from fedmeta.privacy.noise import rng_for
 
 
@@ -21,44 +23,53 @@ def adaptive(config, **privacy) -> Config:
     return cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update=settings)})
 
 
+def client_dp(cfg: Config, m: float) -> ClientLevelDP:
+    """Client-level DP with m expected clients per round (the sampling rate is the config's;
+    it only enters the accountant's event)."""
+    rate, _ = expected_clients(cfg.clients_per_round_count, cfg.federated.n_clients)
+    return ClientLevelDP.from_config(cfg, rate, m)
+
+
 def norm_update(norm: float, dim: int = 8) -> dict[str, torch.Tensor]:
     v = torch.ones(dim, dtype=torch.float64)
     return {"w": v / v.norm() * norm}
 
 
 def test_clip_follows_the_geometric_rule(config):
-    agg = Aggregation(adaptive(config, target_quantile=0.3, clip_learning_rate=0.4, clip_norm=2.0), expected_clients=4)
+    cfg = adaptive(config, target_quantile=0.3, clip_learning_rate=0.4, clip_norm=2.0)
+    dp = client_dp(cfg, 4)
+    agg = build_aggregation(cfg, dp)
     norms = [0.5, 1.5, 3.0, 5.0]
     rng = np.random.default_rng(0)
-    reports = [agg.privatize(norm_update(n), rng)[1] for n in norms]
+    reports = [dp.privatize(norm_update(n), dp.clip_norm, rng)[1] for n in norms]
     assert reports == [1.0, 1.0, 0.0, 0.0]
     agg([norm_update(min(n, 2.0)) for n in norms], [1.0] * 4, reports, rng)
-    assert agg.clip_norm == pytest.approx(2.0 * math.exp(-0.4 * (2 / 4 - 0.3)))
+    assert dp.clip_norm == pytest.approx(2.0 * math.exp(-0.4 * (2 / 4 - 0.3)))
 
 
 def test_clip_settles_at_the_target_quantile(config):
     """Fed the same norms every round, C converges to their γ-quantile (numpy's)."""
-    agg = Aggregation(adaptive(config, target_quantile=0.7, clip_learning_rate=0.05, clip_norm=0.1), expected_clients=100)
+    dp = client_dp(adaptive(config, target_quantile=0.7, clip_learning_rate=0.05, clip_norm=0.1), 100)
     norms = np.random.default_rng(1).uniform(1.0, 10.0, 100)
     rng = np.random.default_rng(2)
     for _ in range(400):
-        reports = [agg.privatize(norm_update(n), rng)[1] for n in norms]
-        agg._adapt_clip(sum(reports))
-    inside = np.mean(norms <= agg.clip_norm)
+        reports = [dp.privatize(norm_update(n), dp.clip_norm, rng)[1] for n in norms]
+        dp.finish(norm_update(0.0), sum(reports), rng)  # the server half: no noise (z = 0), C's step
+    inside = np.mean(norms <= dp.clip_norm)
     assert inside == pytest.approx(0.7, abs=0.03)
-    assert agg.clip_norm == pytest.approx(np.quantile(norms, 0.7), rel=0.05)
+    assert dp.clip_norm == pytest.approx(np.quantile(norms, 0.7), rel=0.05)
 
 
 @pytest.mark.parametrize("protocol", ["secagg+", "ckks"])
 def test_adaptive_clipping_through_secure_aggregation_equals_the_clear(config, protocol):
-    plain = Simulation(adaptive(config))
-    secure = Simulation(adaptive(config, secure_aggregation=protocol))
+    plain = Runtime(adaptive(config))
+    secure = Runtime(adaptive(config, secure_aggregation=protocol))
     clips = []
     for _ in range(3):
         plain.run_round()
         secure.run_round()
-        clips.append(plain.aggregation.clip_norm)
-        assert secure.aggregation.clip_norm == pytest.approx(plain.aggregation.clip_norm, rel=1e-9)
+        clips.append(plain.server.clip_norm)
+        assert secure.server.clip_norm == pytest.approx(plain.server.clip_norm, rel=1e-9)
     assert len(set(clips)) == 3  # the clip really moved
     for k in plain.params:
         torch.testing.assert_close(secure.params[k], plain.params[k], rtol=0, atol=1e-6)
@@ -68,24 +79,24 @@ def test_update_noise_is_reduced_to_pay_for_the_count(config):
     """Central noise on the sum has std z_Δ·C with z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)."""
     cfg = adaptive(config, noise_multiplier=1.0, clip_count_stddev=2.0, clip_norm=1.0, noise_seed=3)
     m = 5.0
-    agg = Aggregation(cfg, expected_clients=m)
+    agg = build_aggregation(cfg, client_dp(cfg, m))
     z_delta = (1.0 - 1 / 16) ** -0.5
     with pytest.warns(UserWarning):  # seeded noise
         out = agg([{"w": torch.zeros(20000, dtype=torch.float64)}], [1.0], [1.0], rng_for(3, 0))
-    assert float(out["w"].std()) * m == pytest.approx(z_delta, rel=0.03)
+    assert float(out.delta["w"].std()) * m == pytest.approx(z_delta, rel=0.03)
 
 
 def test_adaptive_clip_survives_a_checkpoint(config):
-    sim = Simulation(adaptive(config))
-    sim.run_round()
-    state = sim.state_dict()
-    other = Simulation(adaptive(config))
+    runtime = Runtime(adaptive(config))
+    runtime.run_round()
+    state = runtime.state_dict()
+    other = Runtime(adaptive(config))
     other.load_state_dict(state)
-    assert other.aggregation.clip_norm == sim.aggregation.clip_norm != 0.05
-    sim.run_round()
+    assert other.server.clip_norm == runtime.server.clip_norm != 0.05
+    runtime.run_round()
     other.run_round()
-    for k in sim.params:
-        assert torch.equal(sim.params[k], other.params[k])
+    for k in runtime.params:
+        assert torch.equal(runtime.params[k], other.params[k])
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ from faults import Crash, inject
 
 from fedmeta.cli import main
 from fedmeta.config import Config
+from fedmeta.federated.driver import run_federated
 from fedmeta.federated.record import default_server_key
-from fedmeta.federated.simulation import run_federated
 from fedmeta.ledger import keys, verify_ledger
 from fedmeta.rundir import RunDir
 from fedmeta.train import train

@@ -7,7 +7,8 @@ import pytest
 
 from fedmeta.config import load_config
 from fedmeta.errors import ConfigError
-from fedmeta.federated.simulation import Simulation, run_federated
+from fedmeta.federated.driver import run_federated
+from fedmeta.federated.runtime import Runtime
 from fedmeta.rundir import RunDir
 
 SIGMA, Q, DELTA, LOCAL_STEPS = 1.2, 0.2, 1e-5, 2
@@ -32,9 +33,9 @@ def reference_epsilon(evaluations: int, rounds: int) -> float:
 @pytest.mark.parametrize(("algorithm", "procedure", "evaluations"),
                          [("fomaml", "fedmeta", 3), ("reptile", "fedmeta", 2), ("maml", "sgd", 1)])
 def test_epsilon_per_round_matches_dp_accounting(config, algorithm, procedure, evaluations):
-    sim = Simulation(example_dp(config, algorithm, procedure))
+    runtime = Runtime(example_dp(config, algorithm, procedure))
     for r in (1, 2):
-        info = sim.run_round()
+        info = runtime.run_round().row
         assert info["dp_unit"] == "example"
         assert info["epsilon"] == pytest.approx(reference_epsilon(evaluations, r), rel=1e-6)
 

@@ -59,7 +59,7 @@ def test_task_space_clients_are_not_audited(setup):
 
 
 def test_dp_run_reports_epsilon_accountant_and_audit(config, tmp_path):
-    from fedmeta.federated.simulation import run_federated
+    from fedmeta.federated.driver import run_federated
     from fedmeta.report import write_report
     from fedmeta.rundir import RunDir
 

@@ -1,13 +1,13 @@
 """Federated meta-learning must beat FedAvg on held-out clients after adaptation."""
 
-from fedmeta.federated.simulation import Simulation
+from fedmeta.federated.runtime import Runtime
 
 
 def final_personalization(cfg):
-    sim = Simulation(cfg)
+    runtime = Runtime(cfg)
     for _ in range(cfg.federated.rounds):
-        sim.run_round()
-    return sim.personalization("test")
+        runtime.run_round()
+    return runtime.personalization("test")
 
 
 def test_fedmeta_beats_fedavg_after_adaptation(config):
@@ -24,7 +24,7 @@ def test_fedmeta_beats_fedavg_after_adaptation(config):
 def test_byte_totals_count_every_round_once(config, tmp_path):
     import json
 
-    from fedmeta.federated.simulation import run_federated
+    from fedmeta.federated.driver import run_federated
     from fedmeta.rundir import RunDir
 
     cfg = config("sinusoid", rounds=4, eval_every=2, held_out_clients=0)

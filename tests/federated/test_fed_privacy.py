@@ -8,7 +8,9 @@ import torch
 
 from fedmeta.config import load_config
 from fedmeta.errors import ConfigError
-from fedmeta.federated.simulation import Simulation, run_federated
+from fedmeta.federated.driver import run_federated
+from fedmeta.federated.runtime import Runtime
+from fedmeta.privacy.noise import rng_for
 from fedmeta.rundir import RunDir
 
 SIGMA, DELTA = 1.1, 1e-5
@@ -28,12 +30,12 @@ def dp_config(config, **privacy):
 
 
 def test_epsilon_per_round_matches_dp_accounting(config):
-    sim = Simulation(dp_config(config))
-    q = sim.sample_rate
+    runtime = Runtime(dp_config(config))
+    q = runtime.server.sampler.rate
     assert q == pytest.approx(5 / 20)
     for r in range(1, 4):
         with pytest.warns(UserWarning):  # seeded noise is flagged as not secure
-            info = sim.run_round()
+            info = runtime.run_round().row
         assert info["epsilon"] == pytest.approx(reference_epsilon(q, r), rel=1e-9)
 
 
@@ -50,10 +52,11 @@ def test_budget_stop_triggers_at_the_right_round(config, tmp_path):
 
 def test_local_dp_shares_sum_to_central_noise(config):
     """Each of m expected clients adds N(0, σ²C²/m): m shares have the central std σC."""
-    sim = Simulation(dp_config(config, dp="local", clip_norm=0.5, noise_seed=None))
+    runtime = Runtime(dp_config(config, dp="local", clip_norm=0.5, noise_seed=None))
     zero = {k: torch.zeros(4000) for k in ("a",)}
-    m = sim.sample_rate * len(sim.data.train)
-    total = sum(sim.aggregation.privatize(zero, sim.noise_rng(1, c))[0]["a"] for c in range(int(m)))
+    m = runtime.server.sampler.rate * len(runtime.data.train)
+    dp, seed = runtime.clients.client_dp, runtime.cfg.privacy.noise_seed
+    total = sum(dp.privatize(zero, runtime.server.clip_norm, rng_for(seed, 1, c + 1))[0]["a"] for c in range(int(m)))
     assert float(total.std()) == pytest.approx(SIGMA * 0.5, rel=0.05)
 
 
@@ -79,11 +82,11 @@ def test_secure_aggregation_equals_the_plaintext_aggregate(config, protocol, dp)
     (or CKKS) precision."""
     base = config("sinusoid", rounds=2, n_clients=12, clients_per_round=6, held_out_clients=2, local_lr=0.005)
     privacy = {"dp": dp, "noise_multiplier": 0.0, "clip_norm": 0.5}
-    plain = Simulation(base.model_copy(update={"privacy": base.privacy.model_copy(update=privacy)}))
-    secure = Simulation(base.model_copy(update={"privacy": base.privacy.model_copy(update={**privacy, "secure_aggregation": protocol})}))
+    plain = Runtime(base.model_copy(update={"privacy": base.privacy.model_copy(update=privacy)}))
+    secure = Runtime(base.model_copy(update={"privacy": base.privacy.model_copy(update={**privacy, "secure_aggregation": protocol})}))
     for _ in range(2):
         plain.run_round()
-        info = secure.run_round()
+        info = secure.run_round().row
     if protocol == "ckks":
         assert info["he_bytes_up"] > 0 and info["he_max_abs_error"] < 1e-6
     else:
@@ -97,6 +100,6 @@ def test_unreachable_target_epsilon_is_a_config_error(config):
     """A target below one round's ε (dp-accounting's figure) cannot be met: refused up front."""
     one_round = reference_epsilon(5 / 20, 1)
     with pytest.raises(ConfigError) as err:
-        Simulation(dp_config(config, target_epsilon=one_round * 0.99))
+        Runtime(dp_config(config, target_epsilon=one_round * 0.99))
     assert err.value.field == "privacy.target_epsilon" and "\n" not in str(err.value)
-    assert Simulation(dp_config(config, target_epsilon=one_round * 1.01)).affordable_rounds == 1
+    assert Runtime(dp_config(config, target_epsilon=one_round * 1.01)).server.affordable_rounds == 1

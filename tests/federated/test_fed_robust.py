@@ -11,8 +11,8 @@ import torch
 from fedmeta.errors import BadInput
 from fedmeta.federated.attacks import make_attack
 from fedmeta.federated.robust import ROBUST, MultiKrum, make_robust
-from fedmeta.federated.robust.base import flatten
-from fedmeta.federated.strategies import weighted_mean
+from fedmeta.federated.robust.base import as_rows as robust_rows
+from fedmeta.params import weighted_mean
 
 SHAPES = {"w": (3, 4), "b": (4,), "s": ()}
 
@@ -77,7 +77,7 @@ def test_krum_picks_the_brute_force_choice(n, f):
     m = n - f  # Multi-Krum: the weighted mean of the m best-scoring updates
     weights = [float(i % 3 + 1) for i in range(n)]
     chosen = np.argsort(scores, kind="stable")[:m]
-    assert MultiKrum(f).select(flatten(ups, weights)[0]).tolist() == chosen.tolist()
+    assert MultiKrum(f).select(robust_rows(ups, weights)[0]).tolist() == chosen.tolist()
     w = np.array(weights)[chosen]
     expected = (w[:, None] * rows[chosen]).sum(0) / w.sum()
     got = as_rows([make_robust("multikrum", byzantine_clients=f)(ups, weights)])[0]

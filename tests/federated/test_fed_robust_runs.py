@@ -7,14 +7,14 @@ import torch
 
 from fedmeta.config import load_config
 from fedmeta.errors import ConfigError
-from fedmeta.federated.simulation import Simulation
+from fedmeta.federated.runtime import Runtime
 
 
 def run(config, rounds=3, **fed):
     cfg = config("sinusoid", rounds=rounds, n_clients=20, clients_per_round=10, held_out_clients=2, **fed)
-    sim = Simulation(cfg)
-    infos = [sim.run_round() for _ in range(rounds)]
-    return sim, infos
+    runtime = Runtime(cfg)
+    infos = [runtime.run_round().row for _ in range(rounds)]
+    return runtime, infos
 
 
 def distance(a, b):
@@ -24,7 +24,7 @@ def distance(a, b):
 @pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "multikrum", "geometric_median"])
 def test_robust_rule_resists_a_scaling_attack(config, aggregator):
     clean, _ = run(config)
-    start = Simulation(config("sinusoid", n_clients=20, clients_per_round=10, held_out_clients=2)).params
+    start = Runtime(config("sinusoid", n_clients=20, clients_per_round=10, held_out_clients=2)).params
     attack = {"attack": "scaling", "attack_scale": 100.0, "malicious_fraction": 0.2}
     dragged, infos = run(config, **attack)
     robust, _ = run(config, aggregator=aggregator, byzantine_clients=2 if "krum" in aggregator else None,
@@ -32,7 +32,7 @@ def test_robust_rule_resists_a_scaling_attack(config, aggregator):
     moved = distance(clean.params, start)
     assert distance(dragged.params, clean.params) > 3 * moved  # the mean is dragged far away
     assert distance(robust.params, clean.params) < moved  # the robust rule stays near the clean run
-    assert sum(i["malicious"] for i in infos) > 0 and len(dragged.malicious) == 4
+    assert sum(i["malicious"] for i in infos) > 0 and len(dragged.transport.malicious) == 4
 
 
 @pytest.mark.parametrize(

@@ -4,21 +4,19 @@ failure), never a sum of one: before, SecAgg+ stopped with `threshold = 1` (exit
 import pytest
 
 from fedmeta.errors import FedmetaError
-from fedmeta.federated.simulation import NotEnoughClients, Simulation
+from fedmeta.federated.runtime import Runtime
 
 
 @pytest.mark.parametrize("secure", ["secagg", "secagg+"])
 def test_one_survivor_is_a_short_round(config, secure):
     cfg = config("sinusoid", clients_per_round=4, min_clients=1, max_retries=1)
     cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"secure_aggregation": secure})})
-    sim = Simulation(cfg)
-    collected = sim.collect(1)
-    keep = min(collected.messages)
-    for field in (collected.messages, collected.weights, collected.reports):
-        for cid in [c for c in field if c != keep]:
-            del field[cid]
-    with pytest.raises(NotEnoughClients):
-        sim.aggregate(collected)
-    sim.collect = lambda r, attempt=0: collected  # every attempt: one survivor
+    runtime = Runtime(cfg)
+    replies = runtime.exchange(1)
+    keep = min(replies.replies)
+    replies.replies = {keep: replies.replies[keep]}
+    admitted = runtime.server.admission(replies, 1, runtime.params)
+    assert admitted.usable == 1 < runtime.server.min_usable == 2  # the round does not aggregate it
+    runtime.transport.exchange = lambda *args: replies  # every attempt: one survivor
     with pytest.raises(FedmetaError, match="secure aggregation needs 2"):
-        sim.run_round()
+        runtime.run_round()

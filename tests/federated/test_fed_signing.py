@@ -10,8 +10,10 @@ import sqlite3
 import pytest
 import torch
 
-from fedmeta.federated.simulation import NotEnoughClients, Simulation, run_federated
+from fedmeta.federated.driver import run_federated
+from fedmeta.federated.runtime import Runtime
 from fedmeta.ledger import keys, verify_ledger
+from fedmeta.ledger.commitments import sign_update
 from fedmeta.rundir import RunDir
 
 
@@ -33,10 +35,10 @@ def signed_config(config, tmp_path, monkeypatch, honest=6, **federated):
         "enabled": True, "client_keys": str(folder), "participants": registered})})
 
 
-def signing_simulation(cfg):
-    sim = Simulation(cfg)
-    sim.enable_signing("run-under-test", cfg.ledger.client_keys, cfg.ledger.participants)
-    return sim
+def signing_runtime(cfg):
+    runtime = Runtime(cfg)
+    runtime.enable_signing("run-under-test")
+    return runtime
 
 
 def entries(run):
@@ -58,21 +60,26 @@ def test_unknown_and_forged_updates_are_refused_and_logged(config, tmp_path, mon
     verify_ledger(run.path, public_key=summary["ledger"]["server_public_key"])
 
 
+def admit(runtime, replies, r):
+    """The server's admission and aggregate of `replies` in round r: (Δ, Admitted)."""
+    admitted = runtime.server.admission(replies, r, runtime.params)
+    return runtime.server.aggregate(admitted, r).delta, admitted
+
+
 def test_replayed_update_is_refused_and_changes_nothing(config, tmp_path, monkeypatch):
     cfg = signed_config(config, tmp_path, monkeypatch)
-    sim = signing_simulation(cfg)
-    first = sim.collect(1)
-    sim.aggregate(copy.deepcopy(first))
-    sim.round = 1
-    clean = copy.deepcopy(sim)
-    second = sim.collect(2)
+    runtime = signing_runtime(cfg)
+    first = runtime.exchange(1)
+    runtime.server.apply(runtime.server.aggregate(runtime.server.admission(copy.deepcopy(first), 1, runtime.params), 1))
+    clean = copy.deepcopy(runtime)
+    second = runtime.exchange(2)
     replayed = copy.deepcopy(second)
-    replayed.messages[0], replayed.signed[0] = first.messages[0], first.signed[0]  # client 0 resends round 1
+    replayed.replies[0] = first.replies[0]  # client 0 resends round 1
     honest = copy.deepcopy(second)
-    del honest.messages[0], honest.signed[0]
-    got, rejected = sim.aggregate(replayed)
-    assert rejected[0].startswith("wrong_round") or rejected[0].startswith("replay")
-    expected, _ = clean.aggregate(honest)
+    del honest.replies[0]
+    got, admitted = admit(runtime, replayed, 2)
+    assert admitted.rejected[0].startswith("wrong_round") or admitted.rejected[0].startswith("replay")
+    expected, _ = admit(clean, honest, 2)
     assert all(torch.equal(got[k], expected[k]) for k in got)
 
 
@@ -103,22 +110,21 @@ def test_update_presented_by_another_client_is_refused_under_the_sender(config, 
     """Client 1 presents client 0's signed update as its own (in its own slot, ahead of the
     genuine one): refused as wrong_sender and logged under 1; 0's update is still accepted."""
     cfg = signed_config(config, tmp_path, monkeypatch)
-    sim = signing_simulation(cfg)
-    clean = copy.deepcopy(sim)
-    collected = sim.collect(1)
-    assert {0, 1} <= collected.messages.keys()
+    runtime = signing_runtime(cfg)
+    clean = copy.deepcopy(runtime)
+    collected = runtime.exchange(1)
+    assert {0, 1} <= collected.replies.keys()
     honest = copy.deepcopy(collected)
-    del honest.messages[1], honest.signed[1]
+    del honest.replies[1]
     forged = copy.deepcopy(collected)
-    forged.messages = {1: collected.messages[0], **{c: m for c, m in collected.messages.items() if c != 1}}
-    forged.signed = {1: collected.signed[0], **{c: s for c, s in collected.signed.items() if c != 1}}
+    forged.replies = {1: collected.replies[0], **{c: m for c, m in collected.replies.items() if c != 1}}
     with caplog.at_level(logging.WARNING, logger="fedmeta.federated"):
-        got, rejected = sim.aggregate(forged)
-    assert rejected[1].startswith("wrong_sender") and 0 not in rejected
-    refusal = next(r for r in sim.refused if r["reason"] == "wrong_sender")
+        got, admitted = admit(runtime, forged, 1)
+    assert admitted.rejected[1].startswith("wrong_sender") and 0 not in admitted.rejected
+    refusal = next(r for r in admitted.refused if r["reason"] == "wrong_sender")
     assert refusal["client_id"] == "1" and "'0'" in refusal["detail"]
     assert any("'1' (signed as '0')" in m for m in caplog.messages)
-    expected, _ = clean.aggregate(honest)
+    expected, _ = admit(clean, honest, 1)
     assert all(torch.equal(got[k], expected[k]) for k in got)
 
 
@@ -127,28 +133,30 @@ def test_update_signed_for_an_earlier_attempt_is_refused(config, tmp_path, monke
     attempt-0 updates of client 0 (seen) and client 1 (never delivered) are replayed in
     their own slots and refused, while the others' fresh updates are accepted."""
     cfg = signed_config(config, tmp_path, monkeypatch, min_clients=2)
-    sim = signing_simulation(cfg)
-    first = sim.collect(1, 0)
+    runtime = signing_runtime(cfg)
+    first = runtime.exchange(1, 0)
     short = copy.deepcopy(first)
-    short.messages = {0: first.messages[0]}
-    with pytest.raises(NotEnoughClients):
-        sim.aggregate(short)  # client 0's attempt-0 update was accepted, then the attempt failed
-    second = sim.collect(1, 1)
-    assert {0, 1} <= second.messages.keys() and second.messages[0] != first.messages[0]
+    short.replies = {0: first.replies[0]}
+    admitted = runtime.server.admission(short, 1, runtime.params)
+    assert admitted.usable == 1 < 2  # client 0's attempt-0 update was accepted, then the attempt failed
+    second = runtime.exchange(1, 1)
+    assert {0, 1} <= second.replies.keys() and second.replies[0].data != first.replies[0].data
     replayed = copy.deepcopy(second)
     for c in (0, 1):
-        replayed.messages[c], replayed.signed[c] = first.messages[c], first.signed[c]
-    _, rejected = sim.aggregate(replayed)
-    assert rejected[0].startswith("replay") and rejected[1].startswith("replay")
-    assert set(rejected) == {0, 1, 5, 6, 7}
+        replayed.replies[c] = first.replies[c]
+    admitted = runtime.server.admission(replayed, 1, runtime.params)
+    assert admitted.rejected[0].startswith("replay") and admitted.rejected[1].startswith("replay")
+    assert set(admitted.rejected) == {0, 1, 5, 6, 7}
 
 
 def test_replay_within_one_attempt_is_refused(config, tmp_path, monkeypatch):
     cfg = signed_config(config, tmp_path, monkeypatch)
-    sim = signing_simulation(cfg)
-    collected = sim.collect(1)
-    sim.aggregate(copy.deepcopy(collected))
-    again = sim.check_signature(0, collected.messages[0], collected.signed[0])
+    runtime = signing_runtime(cfg)
+    collected = runtime.exchange(1)
+    runtime.server.admission(copy.deepcopy(collected), 1, runtime.params)
+    check = runtime.server.admission.check_signature
+    again = check(1, 0, 0, collected.replies[0].data, collected.replies[0].signed)
     assert again is not None and again["reason"] == "replay" and again["client_id"] == "0"
-    other = sim.sign(0, 1, collected.messages[1])  # a second update of client 0 in the same attempt
-    assert sim.check_signature(0, collected.messages[1], other)["reason"] == "replay"
+    key = keys.load_private_key(tmp_path / "keys" / "0.pem")
+    other = sign_update(key, runtime.run_id, 1, "0", collected.replies[1].data)  # a second update of client 0 in the same attempt
+    assert check(1, 0, 0, collected.replies[1].data, other)["reason"] == "replay"

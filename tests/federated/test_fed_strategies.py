@@ -10,8 +10,8 @@ from fedmeta.federated.strategies import (
     FedAvg,
     FedAvgM,
     FedYogi,
-    weighted_mean,
 )
+from fedmeta.params import weighted_mean
 
 
 def test_weighted_mean_is_the_hand_computation():

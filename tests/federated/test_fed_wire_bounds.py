@@ -1,7 +1,7 @@
 """Decoding untrusted update bytes is bounded: every claimed name, shape, dtype and count is
 checked against the model's shapes and the message's own length before anything is
 allocated, and every defect is one error type (`MalformedUpdate` from `decode`,
-`RejectedUpdate` from `check_update`), never a crash."""
+`InvalidUpdate` from `check_update`), never a crash."""
 
 import json
 import random
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fedmeta.federated.compression import NoCompression, StochasticInt8, TopK
-from fedmeta.federated.validation import RejectedUpdate, check_update
+from fedmeta.federated.validation import InvalidUpdate, check_update
 from fedmeta.federated.wire import MalformedUpdate, decode, encode
 
 HUGE = 500_000_000  # claimed values: 2 GB as float32
@@ -63,7 +63,7 @@ def test_a_message_claiming_a_huge_size_is_refused_before_allocating(name):
     tracemalloc.start()
     start = time.perf_counter()
     try:
-        with pytest.raises(RejectedUpdate):
+        with pytest.raises(InvalidUpdate):
             check_update("7", data, REFERENCE)
         with pytest.raises(MalformedUpdate):
             decode(data, SHAPES)
@@ -151,7 +151,7 @@ def test_defective_messages_are_rejected_cleanly(kind):
     for label, data in mutations(kind):
         try:
             update = check_update("3", data, REFERENCE)
-        except RejectedUpdate:
+        except InvalidUpdate:
             refused += 1
             try:  # decode raises nothing else either (or decodes, and the values were refused)
                 decode(data, SHAPES)
@@ -177,5 +177,5 @@ def test_topk_indices_must_be_strictly_increasing():
     idx = list(struct.unpack(f"<{k}i", body[offset : offset + 4 * k]))
     for bad in ([idx[0]] + idx[:-1], idx[1:2] + idx[:1] + idx[2:]):
         data = message(items, body[:offset] + struct.pack(f"<{k}i", *bad) + body[offset + 4 * k :])
-        with pytest.raises(RejectedUpdate, match="strictly increasing"):
+        with pytest.raises(InvalidUpdate, match="strictly increasing"):
             check_update("2", data, REFERENCE)

@@ -198,19 +198,24 @@ def client_key_folder(folder: Path, n: int) -> dict[str, str]:
 
 def loopback_grid(n: int):
     """The deploy tests' loopback grid: each message handled by the ClientApp's handlers here."""
-    sys.path.insert(0, str(HERE.parent / "deploy"))
-    from conftest import LoopbackGrid  # noqa: PLC0415 (tests/deploy/conftest.py)
+    import importlib.util
+
     from flwr.supercore.task_identity import TaskIdentity
+
+    spec = importlib.util.spec_from_file_location("deploy_conftest", HERE.parent / "deploy" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # tests/deploy/conftest.py, whatever `conftest` is imported already
 
     for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 0)):
         setattr(TaskIdentity, name, value)
-    return LoopbackGrid(n)
+    return module.LoopbackGrid(n)
 
 
 def run_case(name: str, folder: Path) -> dict[str, Any]:
     """Run one golden case in `folder` (empty) and return what is recorded of it."""
     from fedmeta.config import Config
-    from fedmeta.federated.simulation import run_federated
+    from fedmeta.federated.driver import run_federated
+    from fedmeta.federated.runtime import Runtime
     from fedmeta.rundir import RunDir
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP notes
@@ -226,14 +231,14 @@ def run_case(name: str, folder: Path) -> dict[str, Any]:
             cfg = Config.model_validate(raw)
             run = RunDir.create(folder / "run", cfg)
             if spec["deploy"]:
-                from fedmeta.deploy.flower import FlowerRuntime
+                from fedmeta.deploy.flower import FlowerTransport
 
                 grid = loopback_grid(spec["deploy"])
                 if spec["signed"]:
                     for ctx in grid.contexts.values():
                         ctx.node_config["key"] = str(folder / "keys" / f"{ctx.node_config['partition-id']}.pem")
-                sim = FlowerRuntime(cfg, grid, min_nodes=spec["deploy"], wait=5, deadline=60)
-                summary = run_federated(cfg, run, show_progress=False, sim=sim)
+                runtime = Runtime(cfg, lambda _: FlowerTransport(cfg, grid, min_nodes=spec["deploy"], wait=5, deadline=60))
+                summary = run_federated(cfg, run, show_progress=False, runtime=runtime)
             else:
                 summary = run_federated(cfg, run, show_progress=False)
             run.close()

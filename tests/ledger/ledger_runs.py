@@ -8,8 +8,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedmeta.ledger import (
-    RejectedUpdate,
     RunLedger,
+    SignatureRefused,
     SignedUpdate,
     UpdateVerifier,
     keys,
@@ -51,7 +51,7 @@ def build_run(run_dir: Path, rounds: int = 3) -> Run:
             if r == 2:  # client-0 replays its round-1 message
                 try:
                     verifier.check(previous["client-0"], b"update client-0 1", r)
-                except RejectedUpdate as err:
+                except SignatureRefused as err:
                     rejected.append(err.record())
                     run.rejection(**err.record())
             previous = updates

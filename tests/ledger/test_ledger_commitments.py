@@ -10,8 +10,8 @@ import pytest
 
 from fedmeta.errors import FedmetaError
 from fedmeta.ledger import (
-    RejectedUpdate,
     RejectReason,
+    SignatureRefused,
     SignedUpdate,
     UpdateVerifier,
     keys,
@@ -30,8 +30,8 @@ def setup():
     return alice, bob, UpdateVerifier(registered, RUN)
 
 
-def rejected(verifier, update, data, round, **where) -> RejectedUpdate:
-    with pytest.raises(RejectedUpdate) as info:
+def rejected(verifier, update, data, round, **where) -> SignatureRefused:
+    with pytest.raises(SignatureRefused) as info:
         verifier.check(update, data, round, **where)
     assert isinstance(info.value, FedmetaError)
     return info.value

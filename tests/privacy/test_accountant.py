@@ -14,7 +14,7 @@ from fedmeta.privacy.accountant import (
     noise_multiplier_for,
     same_sample_noise_multiplier,
 )
-from fedmeta.privacy.stages import update_noise_multiplier
+from fedmeta.privacy.adaptive_clip import update_noise_multiplier
 
 DELTA = 1e-5
 FRESH = {"rdp": dpa.rdp.RdpAccountant, "pld": dpa.pld.PLDAccountant}

@@ -24,7 +24,8 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train, evaluate and report one run; leaves everything in the run folder."""
-    from fedmeta.federated.simulation import Simulation, run_federated
+    from fedmeta.federated.driver import run_federated
+    from fedmeta.federated.runtime import Runtime
     from fedmeta.report import write_report
     from fedmeta.train import build, train
 
@@ -38,13 +39,13 @@ def run(
             print(f"fedmeta: {folder.path} already finished (see summary.json); nothing to resume", file=sys.stderr)
             return
         folder.read_checkpoint()  # a damaged or foreign checkpoint is refused before anything runs
-        runtime = Simulation(cfg) if cfg.federated is not None else build(cfg)
+        runtime = Runtime(cfg) if cfg.federated is not None else build(cfg)
     else:
         overrides = list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else [])
         cfg = load_config(config, overrides)
         # data, model and privacy budget are checked before the folder exists: a bad start
         # never leaves a folder that blocks the same command
-        runtime = Simulation(cfg) if cfg.federated is not None else build(cfg)
+        runtime = Runtime(cfg) if cfg.federated is not None else build(cfg)
         folder = RunDir.create(out, cfg)
     print(f"run folder: {folder.path}", file=sys.stderr)
     if cfg.privacy.dp != "off" and cfg.privacy.noise_seed is None:
@@ -52,7 +53,7 @@ def run(
               "set privacy.noise_seed for a reproducible experiment (never in deployment)", file=sys.stderr)
     try:
         if cfg.federated is not None:
-            summary = run_federated(cfg, folder, resume=resume is not None, show_progress=progress, sim=runtime)
+            summary = run_federated(cfg, folder, resume=resume is not None, show_progress=progress, runtime=runtime)
         else:
             summary = train(cfg, folder, resume=resume is not None, show_progress=progress, setup=runtime)
     except (BadInput, KeyboardInterrupt):

@@ -46,8 +46,3 @@ class TaskDistribution(Protocol):
     x_shape: tuple[int, ...]  # shape of one input example
 
     def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch: ...
-
-
-def permuted_labels(n_way: int, generator: torch.Generator) -> Tensor:
-    """A fresh assignment of the n_way sampled classes to labels 0..n_way-1."""
-    return torch.randperm(n_way, generator=generator)

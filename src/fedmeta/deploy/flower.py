@@ -1,33 +1,31 @@
 """Federated runs on Flower's deployment runtime (flwr ≥ 1.41, Message API): a `ServerApp`
-and a `ClientApp` over the same stages as the in-process runtime (README, "Federated runs": one
-round's data flow); only the transport differs.
+and a `ClientApp` over the same runtime as in-process runs; only the transport differs
+(docs/architecture.md).
 
-The server is a `Simulation` whose `collect` reaches real clients: it samples client ids
+The server is the in-process `Runtime` with `FlowerTransport`: it samples client ids
 exactly as in-process, then sends each sampled client ONE `train` message (global
 parameters + round header) and gets ONE reply (the encoded, privatized, optionally signed
-update and its weight). Everything after that — signature and `check_update` validation,
-`Aggregation` (DP / robust sums), the strategy, the accountant, the ledger, checkpoints,
-metrics, evaluation — is `run_federated` unchanged. One `query` message per node at the
-start maps Flower node ids to client ids (the node's `partition-id`). With secure
+update and its weight). Admission, aggregation, the strategy, the accountant, the ledger,
+checkpoints, metrics and evaluation are the same code. One `query` message per node at
+the start maps Flower node ids to client ids (the node's `partition-id`). With secure
 aggregation (SecAgg / SecAgg+) a round is four exchanges driving the protocol's state
-machines (`secagg.py`), and the server passes only the unmasked sum to `Aggregation`.
+machines (`secagg.py`), and the server's aggregation gets only the unmasked sum.
 
-A client builds the same `Simulation` from the config the server sends, picks its own
-client (`partition-id` of its supernode's `node_config`), draws its episodes from its own
-stream (seed, round, attempt, client) and runs the shared client step
-(`Simulation.local_deltas`, `Simulation.client_message`, `sign_update`). Seeded noise is
-per (round, client) in both runtimes, so example-level DP runs with a fixed seed give the
-same parameters here and in-process; other procedures draw the same client sample but
-different episodes (in-process draws all clients' episodes from one round stream).
+A client builds the clients' side of the run (`ClientSide`: data, model, local procedure,
+pipeline) from the config the server sends, picks its own client (`partition-id` of its
+supernode's `node_config`), draws its episodes from its own stream (seed, round, attempt,
+client) and runs the same client steps as in-process; the steps' state (a top-k residual)
+lives in the node's Flower context. Seeded noise is per (round, client) in both runtimes,
+so example-level DP runs with a fixed seed give the same parameters here and in-process;
+other procedures draw the same client sample but different episodes (in-process draws all
+clients' episodes from one round stream).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +37,26 @@ from fedmeta.config import Config, load_config
 from fedmeta.deploy import secagg
 from fedmeta.deploy.secagg import MASKED_INPUT, PAYLOAD, PROTOCOL, SHARE_KEYS, UNMASK
 from fedmeta.errors import ConfigError, FedmetaError
-from fedmeta.federated.flatten import unflatten
+from fedmeta.federated.client_steps import ClientStep, Upload
+from fedmeta.federated.client_steps import Context as StepContext
+from fedmeta.federated.driver import run_federated
+from fedmeta.federated.runtime import ClientSide, Runtime
+from fedmeta.federated.sampling import CLIENT, generator
 from fedmeta.federated.secure import GRAPHS, threshold_for
-from fedmeta.federated.simulation import Collected, NotEnoughClients, Simulation, run_federated
+from fedmeta.federated.transport import Broadcast, Replies, Reply, Summed
 from fedmeta.federated.validation import check_update
 from fedmeta.ledger.commitments import SignedUpdate, sign_update
 from fedmeta.ledger.keys import load_private_key
-from fedmeta.meta import Params
+from fedmeta.params import Params, unflatten
+from fedmeta.privacy.noise import rng_for
 from fedmeta.privacy.secagg.protocol import SecAggAbort, SecAggConfig, SecAggServer
 from fedmeta.threads import use_threads
 
 log = logging.getLogger("fedmeta.deploy")
 
 TRAIN, QUERY = "train", "query"
-CLIENT_STREAM = 4  # generator streams 0-3 belong to the in-process runtime
 HEADER, PARAMS, UPDATE = "header", "params", "update"
-CODEC = "fedmeta.codec"  # a client's compression state (top-k residual) in its Flower context
+STEP_STATE = "fedmeta.step."  # + a client step's name: its state (e.g. the top-k residual) in the node's context
 
 
 def check_deployable(cfg: Config) -> None:
@@ -73,41 +75,39 @@ def check_deployable(cfg: Config) -> None:
 
 
 # -- the wire: plain values <-> Flower records ----------------------------------------------
-def train_request(cfg_toml: str, params: Params, round_: int, attempt: int, cid: int, run_id: str | None,
-                  aggregation: dict[str, Any]) -> RecordDict:
-    """`aggregation`: the server's `Aggregation.state_dict()` (adaptive clipping's current C)."""
-    header = {"config": cfg_toml, "round": round_, "attempt": attempt, "client": cid, "run_id": run_id or "",
-              "aggregation": json.dumps(aggregation)}
-    return RecordDict({HEADER: ConfigRecord(header), PARAMS: ArrayRecord(torch_state_dict=params)})
+def train_request(cfg_toml: str, b: Broadcast, round_: int, attempt: int, cid: int) -> RecordDict:
+    header = {"config": cfg_toml, "round": round_, "attempt": attempt, "client": cid, "run_id": b.run_id,
+              "clip_norm": b.clip_norm}
+    return RecordDict({HEADER: ConfigRecord(header), PARAMS: ArrayRecord(torch_state_dict=b.params)})
 
 
-def train_reply(cid: int, data: bytes, weight: float, report: float, signed: SignedUpdate | None) -> RecordDict:
-    body: dict[str, Any] = {"client": cid, "data": data, "weight": weight, "report": report}
-    if signed is not None:
-        body.update({f"signed.{k}": v for k, v in signed.to_dict().items()})
+def train_reply(cid: int, reply: Reply) -> RecordDict:
+    body: dict[str, Any] = {"client": cid, "data": reply.data, "weight": reply.weight, "report": reply.report}
+    if reply.signed is not None:
+        body.update({f"signed.{k}": v for k, v in reply.signed.to_dict().items()})
     return RecordDict({UPDATE: ConfigRecord(body)})
 
 
-def read_reply(content: RecordDict) -> tuple[int, bytes, float, float, SignedUpdate | None]:
+def read_reply(content: RecordDict) -> tuple[int, Reply]:
     body = content[UPDATE]
     fields = {k.removeprefix("signed."): v for k, v in body.items() if k.startswith("signed.")}
     signed = SignedUpdate.from_dict(fields) if fields else None
-    return int(body["client"]), bytes(body["data"]), float(body["weight"]), float(body["report"]), signed
+    return int(body["client"]), Reply(bytes(body["data"]), float(body["weight"]), float(body["report"]), signed)
 
 
-# -- server ----------------------------------------------------------------------------------
-class FlowerRuntime(Simulation):
-    """The in-process runtime with `collect` over a Flower `Grid`: same sampling, same
-    server stages; the clients' work happens on their supernodes."""
-
-    holds_client_keys = False  # clients sign on their own machines; the server has public keys only
+# -- server: the Flower transport ---------------------------------------------------------
+class FlowerTransport:
+    """The runtime's transport over a Flower `Grid`: each sampled client with a supernode gets
+    ONE `train` message (global parameters + round header) and sends ONE reply (its update
+    from the shared client pipeline); with secure aggregation, four exchanges drive the
+    protocol and the server learns the sum only. Clients sign on their own machines."""
 
     def __init__(self, cfg: Config, grid: Grid, *, min_nodes: int, wait: float = 300.0, deadline: float = 3600.0):
         check_deployable(cfg)
-        super().__init__(cfg)
         self.grid, self.deadline, self.toml = grid, deadline, cfg.to_toml()
+        self.neighbourhood = cfg.privacy.secure_aggregation
+        self.signs = bool(cfg.ledger.participants)
         self.nodes = self.register(min_nodes, wait)  # client id -> node id
-        self.costs: dict[str, Any] = {}  # the last secure round's
 
     def register(self, min_nodes: int, wait: float) -> dict[int, int]:
         """Wait for `min_nodes` supernodes, then ask each which client it is (one exchange)."""
@@ -138,26 +138,17 @@ class FlowerRuntime(Simulation):
         log.info("clients on supernodes: %s", dict(sorted(nodes.items())))
         return nodes
 
-    @property
-    def secure(self) -> bool:
-        return self.cfg.privacy.secure_aggregation in GRAPHS
+    def exchange(self, round_: int, attempt: int, sampled: list[int], b: Broadcast) -> Replies:
+        out = Replies(sampled, attempt, dropped={c: "no supernode holds this client" for c in sampled if c not in self.nodes})
+        clients = [c for c in sampled if c in self.nodes]
+        asks = {c: train_request(self.toml, b, round_, attempt, c) for c in clients}
+        if self.neighbourhood in GRAPHS:
+            return self.exchange_secure(round_, attempt, clients, asks, b, out)
+        for cid, content in self.send(TRAIN, asks, f"{round_}.{attempt}", out.dropped).items():
+            out.replies[cid] = read_reply(content)[1]
+        return out
 
-    def collect(self, round_: int, attempt: int = 0) -> Collected:
-        sampled = self.sample_clients(self.generator(round_, attempt))
-        dropped = {c: "no supernode holds this client" for c in sampled if c not in self.nodes}
-        if self.secure:
-            return self.collect_secure(round_, attempt, sampled, dropped)
-        asks = {c: self.train_request(round_, attempt, c) for c in sampled if c in self.nodes}
-        messages, weights, reports, signed = {}, {}, {}, {}
-        for cid, content in self.exchange(TRAIN, asks, f"{round_}.{attempt}", dropped).items():
-            _, messages[cid], weights[cid], reports[cid], signed[cid] = read_reply(content)
-        return Collected(messages, weights, sampled, dropped, attempt, signed, reports)
-
-    def train_request(self, round_: int, attempt: int, cid: int) -> RecordDict:
-        run_id = getattr(self, "run_id", None) if self.signing is not None else None
-        return train_request(self.toml, self.params, round_, attempt, cid, run_id, self.aggregation.state_dict())
-
-    def exchange(self, kind: str, asks: dict[int, RecordDict], group: str, dropped: dict[int, str]) -> dict[int, RecordDict]:
+    def send(self, kind: str, asks: dict[int, RecordDict], group: str, dropped: dict[int, str]) -> dict[int, RecordDict]:
         """Send each client its message, return the replies by client; a client whose
         ClientApp raised, whose supernode is gone (the superlink answers for it) or that
         missed the deadline goes to `dropped`. A reply is matched to its client by the
@@ -188,95 +179,59 @@ class FlowerRuntime(Simulation):
         return replies
 
     # -- secure aggregation: four exchanges, the server learns the sum only -------------------
-    def collect_secure(self, round_: int, attempt: int, sampled: list[int], dropped: dict[int, str]) -> SecureCollected:
+    def exchange_secure(self, round_: int, attempt: int, clients: list[int], asks: dict[int, RecordDict],
+                        b: Broadcast, out: Replies) -> Replies:
         """Drive `SecAggServer` over the four exchanges (secagg.py); a client silent in a
-        phase is dropped from it on; below threshold the protocol aborts and the round is short."""
-        out, group = SecureCollected({}, {}, sampled, dropped, attempt), f"{round_}.{attempt}"
-        clients = [c for c in sampled if c in self.nodes]
+        phase is dropped from it on; below threshold the protocol aborts (no sum)."""
+        out.summed, group = Summed(None, 0.0, frozenset()), f"{round_}.{attempt}"
         if not clients:
             return out
-        template = secagg.in_order(self.aggregation.secure_row(self.params, 0.0))
+        template = secagg.in_order(b.aggregation.row(b.params, 0.0))
         config = SecAggConfig(clients=tuple(clients), threshold=threshold_for(len(clients)),
-                              dim=sum(t.numel() for t in template.values()) + 1, clip=self.aggregation.secure_clip,
-                              neighbourhood=GRAPHS[self.cfg.privacy.secure_aggregation], session=secrets.token_bytes(16))
+                              dim=sum(t.numel() for t in template.values()) + 1, clip=b.aggregation.clip(),
+                              neighbourhood=GRAPHS[self.neighbourhood], session=secrets.token_bytes(16))
         header, server = secagg.config_header(config, group), SecAggServer(config)
         costs = out.costs = {"secagg_bytes_up": [0] * 4, "secagg_bytes_down": [0] * 4, "secagg_exchange_seconds": [0.0] * 4}
 
-        def run(phase: int, kind: str, to: dict[int, bytes], extra: dict[int, dict[str, Any]] | None = None) -> dict[int, tuple]:
+        def run(phase: int, kind: str, to: dict[int, bytes], extra: dict[int, dict[str, Any]] | None = None) -> dict[int, Reply]:
             start = time.perf_counter()
-            asks = {c: secagg.request(header, m, **(extra or {}).get(c, {})) for c, m in to.items()}
-            replies = {c: read_reply(r) for c, r in self.exchange(kind, asks, group, dropped).items()}
+            if phase == 0:
+                for body in asks.values():
+                    body[PROTOCOL] = ConfigRecord(header)
+                requests = asks
+            else:
+                requests = {c: secagg.request(header, m, **(extra or {}).get(c, {})) for c, m in to.items()}
+            replies = {c: read_reply(r)[1] for c, r in self.send(kind, requests, group, out.dropped).items()}
             costs["secagg_exchange_seconds"][phase] = round(time.perf_counter() - start, 3)
             costs["secagg_bytes_down"][phase] = sum(len(m) for m in to.values())
-            costs["secagg_bytes_up"][phase] = sum(len(r[1]) for r in replies.values())
+            costs["secagg_bytes_up"][phase] = sum(len(r.data) for r in replies.values())
             return replies
 
         try:
-            start = time.perf_counter()
-            asks = {c: self.train_request(round_, attempt, c) for c in clients}
-            for body in asks.values():
-                body[PROTOCOL] = ConfigRecord(header)
-            adverts = {c: read_reply(r) for c, r in self.exchange(TRAIN, asks, group, dropped).items()}
-            costs["secagg_exchange_seconds"][0] = round(time.perf_counter() - start, 3)
-            costs["secagg_bytes_up"][0] = sum(len(r[1]) for r in adverts.values())
-            out.weights = {c: r[2] for c, r in adverts.items()}
-            to = server.collect_keys({c: r[1] for c, r in adverts.items()})
-            shares = run(1, SHARE_KEYS, to)
-            to = server.collect_shares({c: r[1] for c, r in shares.items()})
-            live = [c for c in out.weights if c in to]
-            scaled = dict(zip(live, self.aggregation.secure_weights([out.weights[c] for c in live]), strict=True))
-            run_id = getattr(self, "run_id", None) if self.signing is not None else None
-            masked = run(2, MASKED_INPUT, to, {c: {"weight": scaled[c], "run_id": run_id or ""} for c in to})
+            adverts = run(0, TRAIN, {})
+            weights = {c: r.weight for c, r in adverts.items()}
+            shares = run(1, SHARE_KEYS, server.collect_keys({c: r.data for c, r in adverts.items()}))
+            to = server.collect_shares({c: r.data for c, r in shares.items()})
+            live = [c for c in weights if c in to]
+            scaled = dict(zip(live, b.aggregation.weights([weights[c] for c in live]), strict=True))
+            masked = run(2, MASKED_INPUT, to, {c: {"weight": scaled[c], "run_id": b.run_id} for c in to})
             accepted = {}
-            for c, (_, data, _, _, signed) in masked.items():
-                out.messages[c], out.signed[c] = data, signed
-                if (refusal := self.check_signature(c, data, signed, attempt)) is not None:  # dropped from the sum
-                    out.rejected[c] = f"{refusal['reason']}: {refusal['detail']}"
-                    out.refused.append(refusal)
+            for c, reply in masked.items():
+                out.replies[c] = reply
+                if (refusal := b.check_signature(c, reply.data, reply.signed)) is not None:  # dropped from the sum
+                    out.refused[c] = refusal
                     continue
-                accepted[c] = data
+                accepted[c] = reply.data
             to = server.collect_masked(accepted)
-            total = server.unmask({c: r[1] for c, r in run(3, UNMASK, to).items()})  # (dim,)
+            total = server.unmask({c: r.data for c, r in run(3, UNMASK, to).items()})  # (dim,)
         except SecAggAbort as err:
             log.warning("round %d attempt %d: %s", round_, attempt, err)
             for c in clients:
-                dropped.setdefault(c, f"secure aggregation aborted: {err}")
+                out.dropped.setdefault(c, f"secure aggregation aborted: {err}")
             return out
-        out.total, out.weight, out.included = unflatten(total[:-1], template), float(total[-1]), server.survivors
+        out.summed = Summed(unflatten(total[:-1], template), float(total[-1]), server.survivors)
         costs.update(secagg_server_seconds=round(server.stats.total_seconds, 4), secagg_included=len(server.survivors))
         return out
-
-    def aggregate(self, collected: Collected) -> tuple[Params, dict[int, str]]:
-        """With secure aggregation: Δ from the unmasked sum through the same `Aggregation`
-        (DP noise, adaptive clipping, division), then the strategy."""
-        if not isinstance(collected, SecureCollected):
-            return super().aggregate(collected)
-        self.refused = collected.refused
-        if collected.total is None or len(collected.included) < self.min_usable:
-            raise NotEnoughClients(len(collected.included), len(collected.sampled))
-        delta = self.aggregation.from_secure_sum(collected.total, collected.weight, self.noise_rng(self.round + 1, 0))
-        delta = {k: v.to(self.params[k].dtype) for k, v in delta.items()}
-        new, self.server_state = self.strategy.apply(self.params, delta, self.server_state)
-        self.costs = collected.costs
-        return new, collected.rejected
-
-    def secagg_costs(self) -> dict[str, Any]:
-        """Per exchange (train/advertise, share_keys, masked_input, unmask): protocol bytes
-        each way and wall seconds; the server's own protocol seconds."""
-        return self.costs if self.secure else super().secagg_costs()
-
-
-@dataclass
-class SecureCollected(Collected):
-    """A securely aggregated round: `messages` are the masked inputs (hashed into the ledger),
-    `total`/`weight` the unmasked Σ w·row and Σ w (None: the protocol aborted)."""
-
-    total: Params | None = None
-    weight: float = 0.0
-    included: frozenset[int] = frozenset()
-    rejected: dict[int, str] = field(default_factory=dict)
-    refused: list[dict[str, Any]] = field(default_factory=list)
-    costs: dict[str, Any] = field(default_factory=dict)
 
 
 server_app = ServerApp()
@@ -316,30 +271,32 @@ def serve(grid: Grid, rc: Any) -> None:
     min_nodes = int(rc.get("min-nodes", cfg.federated.min_clients))
     if not 1 <= min_nodes <= cfg.federated.n_clients:
         raise ConfigError("min-nodes", min_nodes, f"1 to federated.n_clients = {cfg.federated.n_clients}")
-    sim = FlowerRuntime(cfg, grid, min_nodes=min_nodes, wait=wait, deadline=deadline)
-    run_federated(cfg, run, resume=resume, show_progress=False, sim=sim)
+    runtime = Runtime(cfg, lambda _: FlowerTransport(cfg, grid, min_nodes=min_nodes, wait=wait, deadline=deadline))
+    run_federated(cfg, run, resume=resume, show_progress=False, runtime=runtime)
     write_report(run.path)
 
 
 # -- client ----------------------------------------------------------------------------------
-_runtimes: dict[tuple[str, str, str], Simulation] = {}  # one entry: the config this process serves
+_clients: dict[tuple, tuple[Config, ClientSide]] = {}  # one entry: the config (and steps) this process serves
 
 
 def without_data_dir(cfg: Config) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": None})})
 
 
-def client_runtime(cfg_toml: str, node_config: dict[str, Any]) -> tuple[Simulation, int]:
-    """This supernode's runtime (the config's stages and its own data) and client id. An
-    owner that pinned its own copy of the config (node_config `config`, a TOML path)
-    refuses any other config from the server (its data folder aside)."""
+def client_side(cfg_toml: str, node_config: dict[str, Any],
+                steps: dict[str, ClientStep] | None = None) -> tuple[Config, ClientSide, int]:
+    """This supernode's config, clients' side (the config's steps, the app's extra `steps`
+    and its own data) and client id. An owner that pinned its own copy of the config
+    (node_config `config`, a TOML path) refuses any other config from the server (its data
+    folder aside)."""
     try:
         cid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
     except (KeyError, ValueError):
         raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>") from None
     data_dir, pinned = str(node_config.get("data-dir", "")), str(node_config.get("config", ""))
-    key = (cfg_toml, data_dir, pinned)
-    if key not in _runtimes:
+    key = (cfg_toml, data_dir, pinned, tuple((name, id(step)) for name, step in (steps or {}).items()))
+    if key not in _clients:
         import tomllib
 
         cfg = Config.model_validate(tomllib.loads(cfg_toml))
@@ -348,85 +305,98 @@ def client_runtime(cfg_toml: str, node_config: dict[str, Any]) -> tuple[Simulati
         if data_dir:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": data_dir})})
         check_deployable(cfg)
-        _runtimes.clear()
-        _runtimes[key] = Simulation(cfg)
-    sim = _runtimes[key]
-    n = len(sim.data.train)
+        _clients.clear()
+        _clients[key] = cfg, ClientSide.from_config(cfg, steps)
+    cfg, side = _clients[key]
+    n = len(side.data.train)
     if parts != n or not 0 <= cid < n:
         raise ConfigError("node_config", f"partition-id={cid} num-partitions={parts}",
                           f"num-partitions = federated.n_clients = {n}, 0 <= partition-id < {n}")
-    return sim, cid
+    return cfg, side, cid
 
 
-def client_key_path(sim: Simulation, node_config: dict[str, Any], cid: int) -> Path | None:
+def client_key_path(cfg: Config, node_config: dict[str, Any], cid: int) -> Path | None:
     """The client's Ed25519 key file: node_config `key` (a PEM path), else `<ledger.client_keys>/<id>.pem`."""
-    path = node_config.get("key") or (
-        Path(sim.cfg.ledger.client_keys) / f"{cid}.pem" if sim.cfg.ledger.client_keys else None)
+    path = node_config.get("key") or (Path(cfg.ledger.client_keys) / f"{cid}.pem" if cfg.ledger.client_keys else None)
     return None if path is None or not Path(path).is_file() else Path(path)
 
 
 def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any], state: RecordDict,
-                  protocol: dict[str, Any] | None = None) -> RecordDict:
-    """One client's round: local update → DP stage → wire encoding → signature. `state` is
-    the node's Flower context state, which keeps its compression residual between rounds.
+                  protocol: dict[str, Any] | None = None, steps: dict[str, ClientStep] | None = None) -> RecordDict:
+    """One client's round: local procedure → the client steps (privatize, compress, sign).
+    `state` is the node's Flower context state, which keeps the steps' state between rounds.
     With `protocol` (secure aggregation's public parameters) the update stays on the node
     and the reply carries the client's AdvertiseKeys instead (secagg.py)."""
-    sim, cid = client_runtime(str(header["config"]), node_config)
+    cfg, side, cid = client_side(str(header["config"]), node_config, steps)
     if int(header["client"]) != cid:
         raise ConfigError("partition-id", cid, f"the client the server addressed ({header['client']})")
     r, attempt = int(header["round"]), int(header["attempt"])
-    use_threads(sim.cfg, sim.batching)  # the in-process rule: same thread count, same float rounding
-    sim.params = params
-    sim.aggregation.load_state_dict(json.loads(str(header["aggregation"])))
-    sim.codec_state = {cid: state[CODEC].to_torch_state_dict()} if CODEC in state else {}
-    gen = sim.generator(r, attempt, stream=CLIENT_STREAM + cid)
-    delta = sim.local_deltas([cid], gen, r)[cid]
+    use_threads(cfg, side.training.batching)  # the in-process rule: same thread count, same float rounding
+    gen, seed = generator(cfg.run.seed, r, attempt, CLIENT + cid), cfg.privacy.noise_seed
+    delta = side.training.deltas([cid], params, gen, lambda c: None if seed is None else rng_for(seed, r, c + 1))[cid]
     if isinstance(delta, Exception):
         raise delta
-    data, report = sim.client_message(cid, r, delta, gen)
-    if isinstance(residual := sim.codec_state[cid], dict):
-        state[CODEC] = ArrayRecord(torch_state_dict=residual)
-    weight = float(getattr(sim.data.train[cid], "n_examples", 1))
-    key = client_key_path(sim, node_config, cid)
+    key = client_key_path(cfg, node_config, cid)
+    pipeline = side.pipeline(cfg, lambda _: key)
+    if protocol is not None:  # the masked input is signed instead, in its own phase
+        pipeline = pipeline.without("sign")
+    states = {n: state[STEP_STATE + n].to_torch_state_dict() for n in pipeline.steps if STEP_STATE + n in state}
+    ctx = StepContext(params, r, attempt, gen, lambda c: rng_for(seed, r, c + 1), float(header["clip_norm"]),
+                      str(header["run_id"]))
+    upload, states = pipeline(Upload(cid, delta), states, ctx)
+    for name, value in states.items():
+        if isinstance(value, dict):
+            state[STEP_STATE + name] = ArrayRecord(torch_state_dict=value)
+    weight = float(getattr(side.data.train[cid], "n_examples", 1))
     if protocol is not None:
-        update = check_update(str(cid), data, params)  # the client's own check: nobody else sees Δ
-        row = sim.aggregation.secure_row(update, report)
+        update = check_update(str(cid), upload.data, params)  # the client's own check: nobody else sees Δ
+        row = update if side.client_dp is None else side.client_dp.row(update, upload.report)
         advert = secagg.start(state, protocol, cid, row, {"round": r, "attempt": attempt, "key": str(key or "")})
-        return train_reply(cid, advert, weight, 0.0, None)
-    signed = None if key is None or not header["run_id"] else sign_update(load_private_key(key), str(header["run_id"]), r, str(cid), data, attempt)
-    return train_reply(cid, data, weight, report, signed)
+        return train_reply(cid, Reply(advert, weight))
+    return train_reply(cid, Reply(upload.data, weight, upload.report, upload.signed))
 
 
-client_app = ClientApp()
+class ClientHandlers:
+    """The ClientApp's message handlers; `steps`: extra client steps (as given to `Runtime`)."""
+
+    def __init__(self, steps: dict[str, ClientStep] | None = None):
+        self.steps = dict(steps or {})
+
+    def train(self, msg: Message, context: Context) -> Message:
+        params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
+        protocol = dict(msg.content[PROTOCOL]) if PROTOCOL in msg.content else None
+        reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state, protocol,
+                              self.steps)
+        return Message(reply, reply_to=msg)
+
+    def secagg(self, msg: Message, context: Context) -> Message:
+        """Secure aggregation's phases 1-3 on the node; the masked input is signed like an update."""
+        kind, mine = msg.metadata.message_type, context.state.get(secagg.SECAGG)
+        data = secagg.step(kind, context.state, msg.content)
+        signed = None
+        if kind == MASKED_INPUT and (run_id := str(msg.content[PAYLOAD].get("run_id", ""))) and str(mine["key"]):
+            key = load_private_key(Path(str(mine["key"])))
+            signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data, int(mine["attempt"]))
+        return Message(train_reply(int(mine["client"]), Reply(data, 0.0, 0.0, signed)), reply_to=msg)
+
+    def query(self, msg: Message, context: Context) -> Message:
+        _, _, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps)
+        return Message(RecordDict({HEADER: ConfigRecord({"client": cid})}), reply_to=msg)
 
 
-@client_app.train()
-def client_train(msg: Message, context: Context) -> Message:
-    params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
-    protocol = dict(msg.content[PROTOCOL]) if PROTOCOL in msg.content else None
-    reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state, protocol)
-    return Message(reply, reply_to=msg)
+def make_client_app(steps: dict[str, ClientStep] | None = None) -> ClientApp:
+    """A ClientApp whose clients also run `steps` (a module of the owner's, named in its
+    pyproject's `clientapp`); `client_app` is the one without extra steps."""
+    handlers, app = ClientHandlers(steps), ClientApp()
+    app.train()(handlers.train)
+    for kind in (SHARE_KEYS, MASKED_INPUT, UNMASK):
+        app.train(kind.split(".")[1])(handlers.secagg)
+    app.query()(handlers.query)
+    return app
 
 
-def client_secagg(msg: Message, context: Context) -> Message:
-    """Secure aggregation's phases 1-3 on the node; the masked input is signed like an update."""
-    kind, mine = msg.metadata.message_type, context.state.get(secagg.SECAGG)
-    data = secagg.step(kind, context.state, msg.content)
-    signed = None
-    if kind == MASKED_INPUT and (run_id := str(msg.content[PAYLOAD].get("run_id", ""))) and str(mine["key"]):
-        key = load_private_key(Path(str(mine["key"])))
-        signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data, int(mine["attempt"]))
-    return Message(train_reply(int(mine["client"]), data, 0.0, 0.0, signed), reply_to=msg)
+_handlers = ClientHandlers()
+client_train, client_secagg, client_query = _handlers.train, _handlers.secagg, _handlers.query
+client_app = make_client_app()
 
-
-for _kind in (SHARE_KEYS, MASKED_INPUT, UNMASK):
-    client_app.train(_kind.split(".")[1])(client_secagg)
-
-
-@client_app.query()
-def client_query(msg: Message, context: Context) -> Message:
-    _, cid = client_runtime(str(msg.content[HEADER]["config"]), dict(context.node_config))
-    return Message(RecordDict({HEADER: ConfigRecord({"client": cid})}), reply_to=msg)
-
-
-__all__ = ["FlowerRuntime", "check_deployable", "client_app", "server_app"]
+__all__ = ["ClientHandlers", "FlowerTransport", "check_deployable", "client_app", "make_client_app", "server_app"]

@@ -24,8 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedmeta.errors import FedmetaError
-from fedmeta.federated.flatten import weighted_rows
-from fedmeta.meta.base import Params
+from fedmeta.params import Params, weighted_rows
 from fedmeta.privacy.secagg.protocol import SecAggClient, SecAggConfig
 
 SHARE_KEYS, MASKED_INPUT, UNMASK = "train.share_keys", "train.masked_input", "train.unmask"

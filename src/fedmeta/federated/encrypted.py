@@ -29,8 +29,7 @@ import numpy as np
 import tenseal as ts
 
 from fedmeta.errors import BadInput
-from fedmeta.federated.flatten import unflatten, weighted_rows
-from fedmeta.meta.base import Params
+from fedmeta.params import Params, unflatten, weighted_rows
 from fedmeta.privacy.he import CKKSKeys, CKKSParams, server_add
 
 

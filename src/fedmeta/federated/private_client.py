@@ -60,7 +60,7 @@ from fedmeta.privacy.dpsgd import LossFn, poisson_sample, private_grad
 from fedmeta.privacy.noise import secure_rng
 
 PROCEDURES = ("sgd", "fedprox", "fedmeta")
-ALGORITHMS = ("fomaml", "reptile", "anil")
+EXAMPLE_DP_ALGORITHMS = ("fomaml", "reptile", "anil")
 EXAMPLE_DATA = ("digits", "synthetic")  # datasets whose clients hold labelled examples
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -75,11 +75,11 @@ def check_example_dp(
         raise ConfigError(
             "federated.local_procedure", procedure, f"one of {', '.join(PROCEDURES)} {where}"
         )
-    if procedure == "fedmeta" and algorithm not in ALGORITHMS:
+    if procedure == "fedmeta" and algorithm not in EXAMPLE_DP_ALGORITHMS:
         raise ConfigError(
             "meta.algorithm",
             algorithm,
-            f"one of {', '.join(ALGORITHMS)} {where} "
+            f"one of {', '.join(EXAMPLE_DP_ALGORITHMS)} {where} "
             "(second-order meta-gradients mix support examples into every query term, so they cannot be clipped per example)",
         )
     if data not in EXAMPLE_DATA:
@@ -154,7 +154,7 @@ class PrivateLocal:
                 raise ConfigError(
                     "meta.algorithm",
                     type(learner).__name__.lower(),
-                    f"one of {', '.join(ALGORITHMS)} with privacy.dp = 'example'",
+                    f"one of {', '.join(EXAMPLE_DP_ALGORITHMS)} with privacy.dp = 'example'",
                 )
             if isinstance(learner, Reptile) and learner.inner_steps < 1:
                 raise ConfigError(

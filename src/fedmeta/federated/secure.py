@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 
-from fedmeta.federated.flatten import unflatten, weighted_rows
-from fedmeta.meta.base import Params
+from fedmeta.params import Params, unflatten, weighted_rows
 from fedmeta.privacy.secagg.graph import COMPLETE, SECAGG_PLUS
 from fedmeta.privacy.secagg.simulate import SecAggStats, secure_sum
 

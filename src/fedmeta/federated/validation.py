@@ -15,29 +15,29 @@ from fedmeta.federated.wire import MalformedUpdate, UnexpectedLayout, decode
 from fedmeta.meta.base import Params
 
 
-class RejectedUpdate(FedmetaError):
+class InvalidUpdate(FedmetaError):
     def __init__(self, client: str, reason: str):
         self.client, self.reason = client, reason
         super().__init__(f"update from client {client} rejected: {reason}")
 
 
 def check_update(client: str, data: bytes, reference: Params) -> Params:
-    """The decoded update, or RejectedUpdate naming what is wrong."""
+    """The decoded update, or InvalidUpdate naming what is wrong."""
     try:
         update = decode(data, {name: tuple(t.shape) for name, t in reference.items()})
     except UnexpectedLayout as err:
-        raise RejectedUpdate(client, str(err)) from None
+        raise InvalidUpdate(client, str(err)) from None
     except MalformedUpdate as err:
-        raise RejectedUpdate(client, f"malformed: {err}") from None
+        raise InvalidUpdate(client, f"malformed: {err}") from None
     if update.keys() != reference.keys():
         missing, extra = sorted(reference.keys() - update.keys()), sorted(update.keys() - reference.keys())
-        raise RejectedUpdate(client, f"tensor names differ (missing {missing}, unexpected {extra})")
+        raise InvalidUpdate(client, f"tensor names differ (missing {missing}, unexpected {extra})")
     for name, t in update.items():
         if t.shape != reference[name].shape:
-            raise RejectedUpdate(client, f"{name}: shape {tuple(t.shape)}, expected {tuple(reference[name].shape)}")
+            raise InvalidUpdate(client, f"{name}: shape {tuple(t.shape)}, expected {tuple(reference[name].shape)}")
         if t.dtype != torch.float32:
-            raise RejectedUpdate(client, f"{name}: dtype {t.dtype}, expected torch.float32")
+            raise InvalidUpdate(client, f"{name}: dtype {t.dtype}, expected torch.float32")
     if not torch.isfinite(torch.cat([t.reshape(-1) for t in update.values()])).all():  # one pass
         bad = next(name for name, t in update.items() if not torch.isfinite(t).all())
-        raise RejectedUpdate(client, f"{bad}: non-finite values (NaN or Inf)")
+        raise InvalidUpdate(client, f"{bad}: non-finite values (NaN or Inf)")
     return update

@@ -1,8 +1,8 @@
 """Tamper-evident, signed ledger of model versions (RFC 9162 Merkle log in SQLite)."""
 
 from fedmeta.ledger.commitments import (
-    RejectedUpdate,
     RejectReason,
+    SignatureRefused,
     SignedUpdate,
     UpdateVerifier,
     sign_update,
@@ -14,7 +14,7 @@ from fedmeta.ledger.verify import verify_ledger
 __all__ = [
     "Ledger",
     "RejectReason",
-    "RejectedUpdate",
+    "SignatureRefused",
     "RunLedger",
     "SignedUpdate",
     "TreeHead",

@@ -5,7 +5,7 @@ The signed message is a domain-separation prefix followed by the canonical JSON 
 run, round, attempt of a retried round, client or payload, nor confused with any other
 message signed by the same key. `UpdateVerifier` is the server side: it accepts an update at
 most once, only from the client that signed it (the transport's sender), only in the round
-and attempt it was signed for, and raises `RejectedUpdate` with a reason code that the
+and attempt it was signed for, and raises `SignatureRefused` with a reason code that the
 runtime records in the ledger under the sender.
 """
 
@@ -91,7 +91,7 @@ class RejectReason(StrEnum):
     WRONG_SENDER = "wrong_sender"
 
 
-class RejectedUpdate(VerificationError):
+class SignatureRefused(VerificationError):
     """An update the server refuses in `round`; `reason` is a `RejectReason`. `client_id`
     is who sent it (the transport's sender when the server knows it), `claimed` the client
     id inside the signed update; the message names both when they differ."""
@@ -164,8 +164,8 @@ class UpdateVerifier:
         else raise. `sender`: the client the transport delivered it from (None: unknown);
         an update signed by anyone else is refused as `wrong_sender`."""
 
-        def refuse(reason: RejectReason, expected: Any, got: Any) -> RejectedUpdate:
-            return RejectedUpdate(reason, update, round, expected, got, sender)
+        def refuse(reason: RejectReason, expected: Any, got: Any) -> SignatureRefused:
+            return SignatureRefused(reason, update, round, expected, got, sender)
 
         if not _well_formed(update):
             raise refuse(

@@ -32,9 +32,15 @@ from torch.func import functional_call, vmap
 from fedmeta.data.base import Kind, TaskBatch
 from fedmeta.meta import factored
 from fedmeta.meta.autodiff import eager, grad_with_aux, mean_grad_and_value, tracked
+from fedmeta.params import Params
 
-Params = dict[str, Tensor]
 Batching = Literal["auto", "vmap", "loop"]
+
+
+def batching_for(model: nn.Module) -> Literal["vmap", "loop"]:
+    """What "auto" batching means, for tasks and for federated clients alike: the loop for
+    convolutional nets, vmap for the rest (measured; see the module docstring)."""
+    return "loop" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "vmap"
 
 
 def loss_for(kind: Kind) -> Callable[[Tensor, Tensor], Tensor]:
@@ -76,8 +82,7 @@ class MetaLearner:
             torch.compile(self._query, dynamic=False) if self.compile_query else None
         )
         if self.batching == "auto":
-            has_conv = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
-            self.batching = "loop" if has_conv else "vmap"
+            self.batching = batching_for(self.model)
         self._layers = factored.mlp_layers(self.model)
 
     # -- what the meta-parameters are -------------------------------------------------

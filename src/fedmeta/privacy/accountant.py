@@ -51,9 +51,6 @@ class Steps:
         if not (isinstance(self.count, int) and 1 <= self.count <= MAX_STEPS):
             raise BadInput("steps", self.count, f"an integer in 1..{MAX_STEPS:,} (2^53)")
 
-    def dp_event(self) -> dp_accounting.DpEvent:
-        return _event(self.noise_multiplier, self.sample_rate, self.count)
-
 
 def _event(sigma: float, q: float, count: int) -> dp_accounting.DpEvent:
     """Unchecked, so calibration may probe σ = 0 (where ε is infinite)."""

@@ -22,9 +22,8 @@ import warnings
 
 import numpy as np
 import torch
-from torch import Tensor
 
-Updates = dict[str, Tensor]
+from fedmeta.params import Params
 
 
 class InsecureNoiseWarning(UserWarning):
@@ -54,7 +53,7 @@ def rng_for(seed: int | None, *counters: int) -> np.random.Generator:
     return secure_rng() if seed is None else seeded_rng(seed, *counters)
 
 
-def gaussian_like(like: Updates, std: float, rng: np.random.Generator) -> Updates:
+def gaussian_like(like: Params, std: float, rng: np.random.Generator) -> Params:
     """Independent N(0, std²) noise with the shape and dtype of each tensor in `like`."""
     return {
         name: torch.from_numpy(rng.standard_normal(t.shape) * std).to(t.device, t.dtype)
@@ -62,6 +61,6 @@ def gaussian_like(like: Updates, std: float, rng: np.random.Generator) -> Update
     }
 
 
-def uniform_like(like: Updates, rng: np.random.Generator) -> Updates:
+def uniform_like(like: Params, rng: np.random.Generator) -> Params:
     """Independent U[0, 1) draws (float64) with the shape of each tensor in `like`."""
     return {name: torch.from_numpy(rng.random(t.shape)).to(t.device) for name, t in like.items()}

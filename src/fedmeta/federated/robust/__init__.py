@@ -18,8 +18,7 @@ from fedmeta.federated.robust.krum import Krum, MultiKrum, krum_scores
 from fedmeta.federated.robust.median import CoordinateMedian
 from fedmeta.federated.robust.norm_bound import NormBound
 from fedmeta.federated.robust.trimmed_mean import TrimmedMean
-from fedmeta.federated.strategies.base import weighted_mean
-from fedmeta.meta.base import Params
+from fedmeta.params import Params, weighted_mean
 
 
 @dataclasses.dataclass(frozen=True)

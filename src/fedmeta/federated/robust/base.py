@@ -20,18 +20,16 @@ import torch
 from torch import Tensor
 
 from fedmeta.errors import BadInput
-from fedmeta.meta.base import Params
+from fedmeta.params import Params, stack
 
 
 class Aggregator(Protocol):
     def __call__(self, updates: list[Params], weights: list[float]) -> Params: ...
 
 
-def flatten(updates: list[Params], weights: list[float]) -> tuple[Tensor, Tensor]:
-    """Stack the updates as rows of one float64 matrix, and normalise the weights.
-
-    Returns `(x, w)` with x of shape (clients, dim) and w of shape (clients,), summing to 1.
-    """
+def as_rows(updates: list[Params], weights: list[float]) -> tuple[Tensor, Tensor]:
+    """The updates as rows of one float64 matrix (clients, dim), and the weights normalised
+    to sum to 1 (clients,)."""
     if not updates:
         raise ValueError("robust aggregation needs at least one update")
     if len(weights) != len(updates):
@@ -39,9 +37,7 @@ def flatten(updates: list[Params], weights: list[float]) -> tuple[Tensor, Tensor
     w = torch.tensor(weights, dtype=torch.float64)  # (clients,)
     if not (torch.all(w >= 0) and w.sum() > 0):
         raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
-    names = list(updates[0])
-    x = torch.stack([torch.cat([u[k].detach().reshape(-1).to(torch.float64) for k in names]) for u in updates])
-    return x, w / w.sum()  # (clients, dim), (clients,)
+    return stack(updates), w / w.sum()
 
 
 def coordinatewise(updates: list[Params], statistic: Callable[[np.ndarray], np.ndarray]) -> Params:
@@ -55,14 +51,6 @@ def coordinatewise(updates: list[Params], statistic: Callable[[np.ndarray], np.n
         out[name] = torch.from_numpy(np.asarray(statistic(stacked))).to(ref.dtype)
     return out
 
-
-def unflatten(vector: Tensor, like: Params) -> Params:
-    """Split a (dim,) vector back into tensors shaped and typed like `like`."""
-    out, start = {}, 0
-    for name, ref in like.items():
-        out[name] = vector[start : start + ref.numel()].reshape(ref.shape).to(ref.dtype)
-        start += ref.numel()
-    return out
 
 
 def squared_distances(gram: Tensor) -> Tensor:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedmeta.federated.robust.base import check_count, check_positive, flatten, unflatten
-from fedmeta.meta.base import Params
+from fedmeta.federated.robust.base import as_rows, check_count, check_positive
+from fedmeta.params import Params, unflatten
 
 RELATIVE_TOLERANCE = 1e-10
 
@@ -32,7 +32,7 @@ class GeometricMedian:
         check_count("federated.geomed_max_iter", self.geomed_max_iter, 1)
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        x, w = flatten(updates, weights)  # (clients, dim), (clients,)
+        x, w = as_rows(updates, weights)  # (clients, dim), (clients,)
         gram = x @ x.T  # (clients, clients)
         sq = gram.diagonal()  # (clients,)
         c, previous = w, float("inf")  # z = cᵀX, the weighted mean

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from fedmeta.errors import BadInput
-from fedmeta.federated.robust.base import check_count, flatten, squared_distances, unflatten
-from fedmeta.meta.base import Params
+from fedmeta.federated.robust.base import as_rows, check_count, squared_distances
+from fedmeta.params import Params, unflatten
 
 
 def krum_scores(x: Tensor, byzantine: int) -> Tensor:
@@ -54,7 +54,7 @@ class MultiKrum:
         return scores.argsort(stable=True)[:m]
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        x, w = flatten(updates, weights)  # (clients, dim), (clients,)
+        x, w = as_rows(updates, weights)  # (clients, dim), (clients,)
         chosen = self.select(x)  # (m,)
         wc = w[chosen]
         wc = wc / wc.sum() if wc.sum() > 0 else torch.full_like(wc, 1 / len(wc))  # all chosen weigh 0: plain average
@@ -71,5 +71,5 @@ class Krum:
         check_count("federated.byzantine_clients", self.byzantine_clients, 0)
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        x, _ = flatten(updates, weights)  # (clients, dim)
+        x, _ = as_rows(updates, weights)  # (clients, dim)
         return unflatten(x[MultiKrum(self.byzantine_clients, 1).select(x)[0]], updates[0])

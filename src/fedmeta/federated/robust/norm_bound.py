@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedmeta.federated.robust.base import check_positive
-from fedmeta.federated.strategies.base import weighted_mean
-from fedmeta.meta.base import Params
-from fedmeta.privacy.stages import clip_updates
+from fedmeta.params import Params, clip, weighted_mean
 
 
 @dataclass(frozen=True)
@@ -24,4 +22,4 @@ class NormBound:
         check_positive("federated.norm_bound", self.norm_bound)
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
-        return weighted_mean([clip_updates(u, self.norm_bound) for u in updates], weights)
+        return weighted_mean([clip(u, self.norm_bound) for u in updates], weights)

@@ -1,6 +1,6 @@
 """Server strategies, one per file, named after the paper's algorithm."""
 
-from fedmeta.federated.strategies.base import Strategy, weighted_mean
+from fedmeta.federated.strategies.base import Strategy
 from fedmeta.federated.strategies.fedadagrad import FedAdagrad
 from fedmeta.federated.strategies.fedadam import FedAdam
 from fedmeta.federated.strategies.fedavg import FedAvg
@@ -23,5 +23,4 @@ __all__ = [
     "FedAvgM",
     "FedYogi",
     "Strategy",
-    "weighted_mean",
 ]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import torch
-
-from fedmeta.meta.base import Params
+from fedmeta.params import Params
 
 State = dict[str, Any]
 
@@ -21,16 +19,3 @@ class Strategy(Protocol):
     def init(self, params: Params) -> State: ...
 
     def apply(self, params: Params, delta: Params, state: State) -> tuple[Params, State]: ...
-
-
-def weighted_mean(updates: list[Params], weights: list[float]) -> Params:
-    """Σ_i w_i Δ_i / Σ_i w_i, computed in float64 and returned in the updates' dtype."""
-    if not updates:
-        raise ValueError("weighted_mean needs at least one update")
-    w = torch.tensor(weights, dtype=torch.float64)
-    w = w / w.sum()
-    out = {}
-    for k, ref in updates[0].items():
-        stacked = torch.stack([u[k].to(torch.float64) for u in updates])  # (clients, *shape)
-        out[k] = torch.tensordot(w, stacked, dims=1).to(ref.dtype)
-    return out

@@ -142,10 +142,6 @@ class PartyStats:
     def total_bytes_sent(self) -> int:
         return sum(self.bytes_sent.values())
 
-    @property
-    def total_bytes_received(self) -> int:
-        return sum(self.bytes_received.values())
-
 
 def _size(payload: Any) -> int:
     if isinstance(payload, bytes):

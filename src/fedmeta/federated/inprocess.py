@@ -1,0 +1,87 @@
+"""The in-process transport: every sampled client simulated in this process.
+
+A round continues the server's round stream: each sampled client's fate (it drops out
+with probability `dropout_rate`, straggles past the deadline with `straggler_rate`), the
+survivors' local procedures (`training.py`, vmapped or looped), then each client's
+pipeline (`client_steps.py`) in client order. A fixed, seeded set of ⌊malicious_fraction·N⌋
+training clients runs a simulated attack instead of the DP step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmeta.config import Config
+from fedmeta.federated.attacks import ATTACKS, make_attack
+from fedmeta.federated.client_steps import Context, Craft, Pipeline, Upload
+from fedmeta.federated.robust import options_of
+from fedmeta.federated.sampling import ATTACKERS, generator
+from fedmeta.federated.training import Training
+from fedmeta.federated.transport import Broadcast, Replies, Reply
+from fedmeta.privacy.noise import rng_for
+
+log = logging.getLogger("fedmeta.federated")
+
+
+def attackers(cfg: Config, n_clients: int) -> tuple[Any, frozenset[int]]:
+    """The simulated attack and the clients running it (None and nobody without an attack)."""
+    fed = cfg.federated
+    if fed.attack == "none":
+        return None, frozenset()
+    options = {k: v for k in options_of(ATTACKS[fed.attack]) if (v := getattr(fed, k)) is not None}
+    count = int(fed.malicious_fraction * n_clients)
+    order = torch.randperm(n_clients, generator=generator(cfg.run.seed, 0, 0, ATTACKERS))
+    return make_attack(fed.attack, **options), frozenset(order[:count].tolist())
+
+
+def key_lookup(folder: str | None) -> Callable[[int], Path | None]:
+    """Client c's signing key, `<folder>/<c>.pem` (`ledger.client_keys`), or None."""
+
+    def key_for(cid: int) -> Path | None:
+        path = None if folder is None else Path(folder) / f"{cid}.pem"
+        return path if path is not None and path.is_file() else None
+
+    return key_for
+
+
+class InProcess:
+    def __init__(self, cfg: Config, training: Training, pipeline: Pipeline):
+        self.training, self.pipeline = training, pipeline
+        fed = cfg.federated
+        self.dropout_rate, self.straggler_rate = fed.dropout_rate, fed.straggler_rate
+        self.noise_seed = cfg.privacy.noise_seed
+        attack, self.malicious = attackers(cfg, len(training.clients))
+        self.attacker = pipeline.without("privatize").before("compress", "craft", Craft(attack)) if attack else None
+        self.signs = bool(cfg.ledger.client_keys)
+        self.states: dict[int, dict[str, Any]] = {}  # each client's pipeline state, checkpointed
+
+    def exchange(self, round_: int, attempt: int, sampled: list[int], b: Broadcast) -> Replies:
+        gen, out = b.generator, Replies(sampled, attempt)
+        for cid, u in zip(sampled, torch.rand(len(sampled), generator=gen).tolist(), strict=True):
+            if u < self.dropout_rate:
+                out.dropped[cid] = "dropped out"
+            elif u < self.dropout_rate + self.straggler_rate:
+                out.dropped[cid] = "straggler: missed the round deadline"
+        active = [c for c in sampled if c not in out.dropped]
+        seeded = self.noise_seed is not None
+        deltas = self.training.deltas(active, b.params, gen, lambda c: rng_for(self.noise_seed, round_, c + 1) if seeded else None)
+        honest = [d for c, d in deltas.items() if c not in self.malicious and not isinstance(d, Exception)]
+        ctx = Context(b.params, round_, attempt, gen, lambda c: rng_for(self.noise_seed, round_, c + 1),
+                      b.clip_norm, b.run_id, honest)
+        for cid, result in deltas.items():
+            if isinstance(result, Exception):
+                out.dropped[cid] = f"failed: {type(result).__name__}: {result}"
+                log.warning("round %d: client %d failed: %s", round_, cid, result)
+                continue
+            pipeline = self.attacker if cid in self.malicious else self.pipeline
+            upload, self.states[cid] = pipeline(Upload(cid, result), self.states.get(cid), ctx)
+            weight = float(getattr(self.training.clients[cid], "n_examples", 1))
+            out.replies[cid] = Reply(upload.data, weight, upload.report, upload.signed)
+        if self.malicious:
+            out.malicious = len(self.malicious.intersection(out.replies))
+        return out

@@ -1,0 +1,142 @@
+"""A federated run's parts, built from its config: what every client runs (`ClientSide`,
+the same in-process and on a supernode) and the runtime that holds the server, the
+clients' side and a transport (in-process by default, Flower when deployed).
+See docs/architecture.md for the rooms and one round's data flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedmeta.build import learner_for, model_for
+from fedmeta.config import Config
+from fedmeta.data.federated import FederatedData, make_federated
+from fedmeta.federated.client_steps import ClientStep, Compress, Pipeline, Privatize, Sign
+from fedmeta.federated.compression import make_compression
+from fedmeta.federated.dp_fedavg import ClientLevelDP
+from fedmeta.federated.evaluation import personalization
+from fedmeta.federated.inprocess import InProcess, key_lookup
+from fedmeta.federated.rounds import RoundResult, run_round
+from fedmeta.federated.sampling import expected_clients
+from fedmeta.federated.server import Server
+from fedmeta.federated.strategies import Strategy
+from fedmeta.federated.training import Training
+from fedmeta.federated.transport import Replies, Transport
+from fedmeta.meta import MetaLearner
+from fedmeta.models import parameters_of
+
+
+def client_pipeline(cfg: Config, client_dp: ClientLevelDP | None, key_for: Callable[[int], Path | None],
+                    extra: dict[str, ClientStep] | None = None) -> Pipeline:
+    """privatize (client-level DP) → the `extra` steps → compress → sign."""
+    fed = cfg.federated
+    steps: dict[str, Any] = {} if client_dp is None else {"privatize": Privatize(client_dp)}
+    steps.update(extra or {})
+    steps["compress"] = Compress(make_compression(fed.compression, fed.topk_fraction))
+    steps["sign"] = Sign(key_for)
+    return Pipeline(steps)
+
+
+@dataclass
+class ClientSide:
+    """What the clients run: their data, the network and learner, the local procedure and
+    the pipeline after it."""
+
+    data: FederatedData
+    model: nn.Module
+    learner: MetaLearner
+    training: Training
+    client_dp: ClientLevelDP | None
+    steps: dict[str, ClientStep] = field(default_factory=dict)  # extra steps, before compression
+
+    @classmethod
+    def from_config(cls, cfg: Config, steps: dict[str, ClientStep] | None = None) -> ClientSide:
+        data = make_federated(cfg, torch.Generator().manual_seed(cfg.run.seed))
+        model = model_for(cfg, data.x_shape, data.n_outputs)
+        fedmeta = cfg.federated.local_procedure == "fedmeta"
+        learner = learner_for(cfg, model, data.kind, None if fedmeta else "maml")
+        training = Training.from_config(cfg, model, data.kind, learner, data.train)
+        client_dp = None
+        if cfg.privacy.dp in ("central", "local"):
+            client_dp = ClientLevelDP.from_config(cfg, *expected_clients(cfg.clients_per_round_count, len(data.train)))
+        return cls(data, model, learner, training, client_dp, dict(steps or {}))
+
+    def pipeline(self, cfg: Config, key_for: Callable[[int], Path | None]) -> Pipeline:
+        return client_pipeline(cfg, self.client_dp, key_for, self.steps)
+
+
+class Runtime:
+    """The server, the clients' side and the transport between them, for one run.
+    `transport(runtime)` builds another transport than the in-process one; `strategy` (an
+    `(init, apply)` pair, `strategies/base.py`) replaces the configured one; `client_steps`
+    (`client_steps.ClientStep`s by name) run on every client after its DP step, before
+    compression — on a supernode, give the same steps to `make_client_app`."""
+
+    def __init__(self, cfg: Config, transport: Callable[[Runtime], Transport] | None = None, *,
+                 strategy: Strategy | None = None, client_steps: dict[str, ClientStep] | None = None):
+        if cfg.federated is None:
+            raise ValueError("a federated runtime needs a [federated] section")
+        self.cfg = cfg
+        self.clients = ClientSide.from_config(cfg, client_steps)
+        params = self.clients.learner.init(parameters_of(self.clients.model))
+        self.server = Server(cfg, params, len(self.clients.data.train), self.clients.training.event, strategy)
+        if self.clients.client_dp is not None:  # one DP stage: the server's C is the clients' C
+            self.clients.client_dp = self.server.client_dp
+        if transport is None:
+            pipeline = self.clients.pipeline(cfg, key_lookup(cfg.ledger.client_keys))
+            self.transport: Any = InProcess(cfg, self.clients.training, pipeline)
+        else:
+            self.transport = transport(self)
+        self.run_id = ""
+
+    @property
+    def data(self) -> FederatedData:
+        return self.clients.data
+
+    @property
+    def learner(self) -> MetaLearner:
+        return self.clients.learner
+
+    @property
+    def params(self):
+        return self.server.params
+
+    @property
+    def round(self) -> int:
+        return self.server.round
+
+    def enable_signing(self, run_id: str) -> None:
+        """Clients sign their updates for `run_id`; the server admits only updates signed by
+        the keys `ledger.participants` registers."""
+        self.run_id = run_id
+        self.server.admission.enable_signing(run_id, self.cfg.ledger.participants)
+
+    def run_round(self) -> RoundResult:
+        fed = self.cfg.federated
+        return run_round(self.server, self.transport, max_retries=fed.max_retries, min_clients=fed.min_clients,
+                         strategy=fed.strategy, run_id=self.run_id)
+
+    def exchange(self, round_: int, attempt: int = 0) -> Replies:
+        """One exchange of round `round_` over the transport, without aggregating (for inspection)."""
+        sampled, broadcast = self.server.broadcast(round_, attempt, self.run_id)
+        return self.transport.exchange(round_, attempt, sampled, broadcast)
+
+    def personalization(self, split: str = "test") -> dict[str, Any]:
+        return personalization(self.learner, self.server.params, self.data, seed=self.cfg.run.seed,
+                               inner_steps=self.cfg.meta.eval_inner_steps, split=split)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.server.state_dict(), "client_states": getattr(self.transport, "states", {})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.server.load_state_dict(state)
+        if "codec_state" in state:  # checkpoints before the client pipeline: the compression state only
+            state = {"client_states": {c: {"compress": s} for c, s in state["codec_state"].items()}}
+        if hasattr(self.transport, "states"):
+            self.transport.states = state["client_states"]
