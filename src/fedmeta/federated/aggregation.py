@@ -27,7 +27,8 @@ import torch
 
 from fedmeta.config import Config
 from fedmeta.federated.encrypted import distribute_keys, encrypted_weighted_sum
-from fedmeta.federated.robust import ROBUST, make_robust, options_of
+from fedmeta.federated.registry import build
+from fedmeta.federated.robust import ROBUST
 from fedmeta.federated.secure import secure_weighted_sum, weight_scale
 from fedmeta.meta.base import Params
 from fedmeta.privacy.noise import gaussian_like
@@ -61,9 +62,8 @@ class Aggregation:
             self.clip_state = self.adaptive.init()
         self.stats: Any = None  # the last secure or encrypted sum's costs
         self.keys = distribute_keys() if dp.secure_aggregation == "ckks" else None
-        fed = cfg.federated
-        options = {k: v for k in options_of(ROBUST[fed.aggregator]) if (v := getattr(fed, k)) is not None}
-        self.robust = make_robust(fed.aggregator, **options)
+        robust = cfg.federated.robust
+        self.robust = build(ROBUST, robust.rule, robust)
 
     # -- DP parameters of the current round ------------------------------------------------
     @property

@@ -8,7 +8,7 @@ fail are left out of the round; a round with fewer than `min_clients` usable upd
 retried with a fresh sample, then the run stops with a clear error.
 
 Clients sharing an architecture and procedure are batched with `torch.func.vmap` (in
-chunks) or looped, by measurement (`client_batching = "auto"`: vmap for MLPs). Every
+chunks) or looped, by measurement (`federated.clients.batching = "auto"`: vmap for MLPs). Every
 random draw of round r comes from a generator seeded by (seed, r, attempt), so a run
 resumed from its checkpoint repeats exactly what an uninterrupted run would do.
 """
@@ -34,7 +34,7 @@ from fedmeta.data.federated import FederatedData, make_federated
 from fedmeta.data.sinusoid import Sinusoid, sample_regions
 from fedmeta.errors import BadInput, ConfigError, FedmetaError
 from fedmeta.federated.aggregation import Aggregation
-from fedmeta.federated.attacks import ATTACKS, make_attack
+from fedmeta.federated.attacks import ATTACKS
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.compression import make_compression
 from fedmeta.federated.encrypted import HEStats
@@ -42,7 +42,7 @@ from fedmeta.federated.membership import membership_audit
 from fedmeta.federated.perfedavg import PerFedAvg
 from fedmeta.federated.private_client import PrivateLocal
 from fedmeta.federated.record import RunRecord
-from fedmeta.federated.robust import options_of
+from fedmeta.federated.registry import build
 from fedmeta.federated.strategies import STRATEGIES
 from fedmeta.federated.validation import RejectedUpdate, check_update
 from fedmeta.federated.wire import encode, raw
@@ -84,32 +84,32 @@ class Simulation:
             cfg.model_name, self.data.x_shape, self.data.n_outputs, hidden=cfg.model.hidden, filters=cfg.model.filters
         )
         has_conv = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
-        self.batching = fed.client_batching if fed.client_batching != "auto" else ("loop" if has_conv else "vmap")
+        self.batching = fed.clients.batching if fed.clients.batching != "auto" else ("loop" if has_conv else "vmap")
         kind = self.data.kind
-        if fed.local_procedure == "fedmeta":
+        if fed.clients.procedure == "fedmeta":
             self.learner: MetaLearner = ALGORITHMS[cfg.meta.algorithm](
                 self.model, kind, inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr, batching=cfg.meta.batching,
                 compile_query=cfg.meta.compile_query,
             )
-            self.procedure: Any = LocalMeta(self.learner, fed.local_lr)
+            self.procedure: Any = LocalMeta(self.learner, fed.clients.lr)
         else:
             self.learner = MAML(self.model, kind, inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr, batching=cfg.meta.batching)
-            if fed.local_procedure == "perfedavg":
-                self.procedure = PerFedAvg(self.model, kind, cfg.meta.inner_lr, fed.local_lr, fed.perfedavg_variant)
+            if fed.clients.procedure == "perfedavg":
+                self.procedure = PerFedAvg(self.model, kind, cfg.meta.inner_lr, fed.clients.lr, fed.clients.perfedavg_variant)
             else:
-                mu = fed.mu if fed.local_procedure == "fedprox" else 0.0
-                self.procedure = LocalSGD(self.model, kind, fed.local_lr, mu)
+                mu = fed.clients.mu if fed.clients.procedure == "fedprox" else 0.0
+                self.procedure = LocalSGD(self.model, kind, fed.clients.lr, mu)
         self.private: PrivateLocal | None = None
         if cfg.privacy.dp == "example":  # DP-SGD inside each client, looped (samples vary in size)
             dp = cfg.privacy
             self.private = PrivateLocal(
-                self.model, kind, fed.local_lr, sample_rate=dp.example_sample_rate, clip_norm=dp.clip_norm,
-                noise_multiplier=dp.noise_multiplier, mu=fed.mu if fed.local_procedure == "fedprox" else 0.0,
-                learner=self.learner if fed.local_procedure == "fedmeta" else None)
+                self.model, kind, fed.clients.lr, sample_rate=dp.example_sample_rate, clip_norm=dp.clip_norm,
+                noise_multiplier=dp.noise_multiplier, mu=fed.clients.mu if fed.clients.procedure == "fedprox" else 0.0,
+                learner=self.learner if fed.clients.procedure == "fedmeta" else None)
         self.params: Params = self.learner.init(parameters_of(self.model))
         self.strategy = self._strategy()
         self.server_state = self.strategy.init(self.params)
-        self.codec = make_compression(fed.compression, fed.topk_fraction)
+        self.codec = make_compression(fed.clients.compression, fed.clients.topk_fraction)
         self.codec_state: dict[int, Any] = {}
         self.round = 0
         # a secure sum of one update would reveal it (and SecAgg's threshold needs two)
@@ -123,14 +123,13 @@ class Simulation:
 
     def _attackers(self) -> tuple[Any, set[int]]:
         """The simulated attack and the clients running it: a fixed, seeded set of
-        ⌊malicious_fraction · N⌋ training clients (empty without an attack)."""
+        ⌊federated.attack.fraction · N⌋ training clients (empty without an attack)."""
         fed = self.cfg.federated
-        if fed.attack == "none":
+        if fed.attack.name == "none":
             return None, set()
-        options = {k: v for k in options_of(ATTACKS[fed.attack]) if (v := getattr(fed, k)) is not None}
-        count = int(fed.malicious_fraction * len(self.data.train))
+        count = int(fed.attack.fraction * len(self.data.train))
         order = torch.randperm(len(self.data.train), generator=self.generator(0, 0, stream=3))
-        return make_attack(fed.attack, **options), set(order[:count].tolist())
+        return build(ATTACKS, fed.attack.name, fed.attack), set(order[:count].tolist())
 
     def _affordable_rounds(self) -> int | None:
         """Rounds the target ε allows (None: no target); a target below one round's ε is a
@@ -151,13 +150,8 @@ class Simulation:
                               "federated.clients_per_round") from None
 
     def _strategy(self):
-        fed = self.cfg.federated
-        cls = STRATEGIES[fed.strategy]
-        if fed.strategy == "fedavg":
-            return cls(server_lr=fed.server_lr)
-        if fed.strategy == "fedavgm":
-            return cls(server_lr=fed.server_lr, momentum=fed.server_momentum)
-        return cls(server_lr=fed.server_lr, beta1=fed.beta1, beta2=fed.beta2, tau=fed.tau)
+        server = self.cfg.federated.server
+        return build(STRATEGIES, server.strategy, server)
 
     # -- randomness ---------------------------------------------------------------------
     def generator(self, round_: int, attempt: int = 0, stream: int = 0) -> torch.Generator:
@@ -180,10 +174,10 @@ class Simulation:
 
     def client_episodes(self, cid: int, gen: torch.Generator) -> tuple[TaskBatch, int]:
         fed = self.cfg.federated
-        lo = fed.local_steps_min or fed.local_steps
-        n_steps = int(torch.randint(lo, fed.local_steps + 1, (1,), generator=gen))
-        b = self.data.train[cid].sample(fed.local_steps * fed.tasks_per_step, gen)
-        shape = (fed.local_steps, fed.tasks_per_step)
+        lo = fed.clients.local_steps_min or fed.clients.local_steps
+        n_steps = int(torch.randint(lo, fed.clients.local_steps + 1, (1,), generator=gen))
+        b = self.data.train[cid].sample(fed.clients.local_steps * fed.clients.tasks_per_step, gen)
+        shape = (fed.clients.local_steps, fed.clients.tasks_per_step)
         return TaskBatch(*(t.reshape(*shape, *t.shape[1:]) for t in (b.xs, b.ys, b.xq, b.yq))), n_steps
 
     def all_episodes(self, clients: list[int], gen: torch.Generator) -> dict[int, tuple[TaskBatch, int]]:
@@ -194,10 +188,10 @@ class Simulation:
                                   and t.x_range == tasks[0].x_range for t in tasks):
             return {cid: self.client_episodes(cid, gen) for cid in clients}
         fed = self.cfg.federated
-        lo = fed.local_steps_min or fed.local_steps
-        steps = torch.randint(lo, fed.local_steps + 1, (len(clients),), generator=gen).tolist()
-        b = sample_regions(tasks, fed.local_steps * fed.tasks_per_step, gen)
-        shape = (len(clients), fed.local_steps, fed.tasks_per_step)
+        lo = fed.clients.local_steps_min or fed.clients.local_steps
+        steps = torch.randint(lo, fed.clients.local_steps + 1, (len(clients),), generator=gen).tolist()
+        b = sample_regions(tasks, fed.clients.local_steps * fed.clients.tasks_per_step, gen)
+        shape = (len(clients), fed.clients.local_steps, fed.clients.tasks_per_step)
         b = TaskBatch(*(t.reshape(*shape, *t.shape[2:]) for t in (b.xs, b.ys, b.xq, b.yq)))
         return {cid: (TaskBatch(b.xs[i], b.ys[i], b.xq[i], b.yq[i]), steps[i]) for i, cid in enumerate(clients)}
 
@@ -208,7 +202,7 @@ class Simulation:
         work = self.all_episodes(clients, gen)
         out: dict[int, Params | Exception] = {}
         if self.batching == "vmap":
-            chunk = self.cfg.federated.client_chunk
+            chunk = self.cfg.federated.clients.chunk
             for i in range(0, len(clients), chunk):
                 ids = clients[i : i + chunk]
                 try:
@@ -232,8 +226,8 @@ class Simulation:
     def _private(self, ids: list[int], gen: torch.Generator, round_: int) -> dict[int, Params | Exception]:
         """Example-level DP-SGD clients: each samples its own examples (Poisson, rate q)."""
         fed = self.cfg.federated
-        lo = fed.local_steps_min or fed.local_steps
-        steps = torch.randint(lo, fed.local_steps + 1, (len(ids),), generator=gen).tolist()
+        lo = fed.clients.local_steps_min or fed.clients.local_steps
+        steps = torch.randint(lo, fed.clients.local_steps + 1, (len(ids),), generator=gen).tolist()
         out: dict[int, Params | Exception] = {}
         for c, n in zip(ids, steps, strict=True):
             rng = None if self.cfg.privacy.noise_seed is None else self.noise_rng(round_, c + 1)
@@ -277,9 +271,9 @@ class Simulation:
         fate = torch.rand(len(sampled), generator=gen)
         dropped: dict[int, str] = {}
         for cid, u in zip(sampled, fate.tolist()):
-            if u < fed.dropout_rate:
+            if u < fed.clients.dropout_rate:
                 dropped[cid] = "dropped out"
-            elif u < fed.dropout_rate + fed.straggler_rate:
+            elif u < fed.clients.dropout_rate + fed.clients.straggler_rate:
                 dropped[cid] = "straggler: missed the round deadline"
         active = [c for c in sampled if c not in dropped]
         messages: dict[int, bytes] = {}
@@ -423,7 +417,7 @@ class Simulation:
         if dp.dp == "off" or dp.noise_multiplier == 0:
             return None
         if self.private is not None:
-            return self.private.round_steps(self.cfg.federated.local_steps)
+            return self.private.round_steps(self.cfg.federated.clients.local_steps)
         return {"noise_multiplier": dp.noise_multiplier, "sample_rate": self.sample_rate, "steps": 1}
 
     def privacy_spent(self) -> dict[str, Any]:
@@ -567,7 +561,7 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
                 break
             info = sim.run_round()
             spent = sim.privacy_spent()
-            entry = {"round": sim.round, "commitments": sim.last_commitments, "aggregation": fed.strategy,
+            entry = {"round": sim.round, "commitments": sim.last_commitments, "aggregation": fed.server.strategy,
                      "epsilon": spent.get("epsilon"), "delta": spent.get("delta"),
                      "metrics": {k: info[k] for k in ("clients", "sampled", "dropped", "bytes_up", "bytes_down") if k in info},
                      "rejected": info.get("rejected", []), "refused": list(sim.refused)}
@@ -583,9 +577,9 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
     audit = membership_audit(sim.learner, sim.params, sim.data) if cfg.privacy.audit else None
     summary = {
         "mode": "federated",
-        "procedure": fed.local_procedure,
-        "algorithm": cfg.meta.algorithm if fed.local_procedure == "fedmeta" else fed.local_procedure,
-        "strategy": fed.strategy,
+        "procedure": fed.clients.procedure,
+        "algorithm": cfg.meta.algorithm if fed.clients.procedure == "fedmeta" else fed.clients.procedure,
+        "strategy": fed.server.strategy,
         "rounds": sim.round,
         "stopped": progress["stopped"],
         **sim.privacy_spent(),
