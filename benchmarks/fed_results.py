@@ -48,27 +48,27 @@ SYNTHETIC = {  # name -> (config, overrides)
     "FedProx (μ=1)": ("configs/fed-synthetic-fedprox.toml", []),
     "FedAvg, 1000 local steps": (
         "configs/fed-synthetic-fedavg.toml",
-        ["federated.local_steps=1000"],
+        ["federated.clients.local_steps=1000"],
     ),
     "FedProx (μ=1), 1000 local steps": (
         "configs/fed-synthetic-fedprox.toml",
-        ["federated.local_steps=1000"],
+        ["federated.clients.local_steps=1000"],
     ),
     "FedAvg, 50% stragglers dropped": (
         "configs/fed-synthetic-fedavg.toml",
-        ["federated.straggler_rate=0.5"],
+        ["federated.clients.straggler_rate=0.5"],
     ),
     "FedAvg, 90% stragglers dropped": (
         "configs/fed-synthetic-fedavg.toml",
-        ["federated.straggler_rate=0.9", "federated.max_retries=20"],
+        ["federated.clients.straggler_rate=0.9", "federated.max_retries=20"],
     ),
     "FedProx (μ=0), partial work kept": (
         "configs/fed-synthetic-fedprox.toml",
-        ["federated.local_steps_min=1", "federated.mu=0"],
+        ["federated.clients.local_steps_min=1", "federated.clients.mu=0"],
     ),
     "FedProx (μ=1), partial work kept": (
         "configs/fed-synthetic-fedprox.toml",
-        ["federated.local_steps_min=1"],
+        ["federated.clients.local_steps_min=1"],
     ),
 }
 PERSONALIZATION = {  # dataset -> method -> (run folder, config, overrides)
@@ -81,20 +81,20 @@ PERSONALIZATION = {  # dataset -> method -> (run folder, config, overrides)
         "FedAvg": (
             "omniglot-fedavg",
             "configs/fed-omniglot-fedmeta.toml",
-            ["federated.local_procedure=sgd"],
+            ["federated.clients.procedure=sgd"],
         ),
         "FedMeta-MAML": ("omniglot-fedmeta", "configs/fed-omniglot-fedmeta.toml", []),
         "Per-FedAvg (FO)": (
             "omniglot-perfedavg",
             "configs/fed-omniglot-fedmeta.toml",
-            ["federated.local_procedure=perfedavg"],
+            ["federated.clients.procedure=perfedavg"],
         ),
     },
 }
 COMPRESSION = {  # the uncompressed run is FedMeta-MAML on digits above
     "none": ("digits-fedmeta", "configs/fed-digits-fedmeta-maml.toml", []),
     "top-k 5%": ("digits-topk", "configs/fed-digits-topk.toml", []),
-    "int8": ("digits-int8", "configs/fed-digits-fedmeta-maml.toml", ["federated.compression=int8"]),
+    "int8": ("digits-int8", "configs/fed-digits-fedmeta-maml.toml", ["federated.clients.compression=int8"]),
 }
 
 

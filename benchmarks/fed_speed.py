@@ -69,13 +69,9 @@ def config(per_round: int, batching: str = "vmap", n_clients: int = N_CLIENTS) -
                 "n_clients": n_clients,
                 "held_out_clients": 0,
                 "clients_per_round": per_round,
-                "local_procedure": "fedmeta",
-                "local_steps": 1,
-                "tasks_per_step": TASKS,
-                "local_lr": BETA,
-                "strategy": "fedavg",
-                "client_batching": batching,
-                "client_chunk": 1000,
+                "clients": {"procedure": "fedmeta", "local_steps": 1, "tasks_per_step": TASKS, "lr": BETA,
+                            "batching": batching, "chunk": 1000},
+                "server": {"strategy": "fedavg"},
             },
         }
     )

@@ -51,9 +51,9 @@ AGGREGATORS = {
     "geometric_median": {},
 }
 ATTACKS = {
-    "sign_flip": {"attack_scale": 1.0},
-    "scaling": {"attack_scale": float(N)},
-    "gaussian": {"attack_noise_std": 10.0},
+    "sign_flip": {"scale": 1.0},
+    "scaling": {"scale": float(N)},
+    "gaussian": {"noise_std": 10.0},
     "little_is_enough": {"byzantine_clients": F},
 }
 

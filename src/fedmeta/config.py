@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import tomllib
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedmeta.errors import ConfigError
+from fedmeta.errors import ConfigDeprecationWarning, ConfigError
 
 PosInt = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -85,14 +86,10 @@ class TrainConfig(Section):
     lake_runs: bool = False
 
 
-class FederatedConfig(Section):
-    """Clients, rounds and the server. Present in a config = a federated run."""
+class PartitionConfig(Section):
+    """`[federated.partition]`: how the dataset is split among clients, and each client's episodes."""
 
-    rounds: PosInt = 30
-    n_clients: PosInt = 100
-    held_out_clients: Annotated[int, Field(ge=0)] = 20
-    clients_per_round: Annotated[float, Field(gt=0)] = 10
-    partition: Literal["dirichlet", "shards", "natural"] = "dirichlet"
+    scheme: Literal["dirichlet", "shards", "natural"] = "dirichlet"
     alpha: PosFloat = 0.5
     shards_per_client: PosInt = 2
     synthetic_alpha: Annotated[float, Field(ge=0)] = 1.0
@@ -100,42 +97,116 @@ class FederatedConfig(Section):
     drawers_per_client: PosInt = 5
     support_size: PosInt = 10
     query_size: PosInt = 10
-    local_procedure: Literal["sgd", "fedprox", "fedmeta", "perfedavg"] = "fedmeta"
+
+
+class ClientsConfig(Section):
+    """`[federated.clients]`: what each sampled client runs, and how it fails or is compressed."""
+
+    procedure: Literal["sgd", "fedprox", "fedmeta", "perfedavg"] = "fedmeta"
     local_steps: PosInt = 5
     local_steps_min: PosInt | None = None
-    local_lr: PosFloat = 0.05
+    lr: PosFloat = 0.05
     tasks_per_step: PosInt = 4
     mu: Annotated[float, Field(ge=0)] = 0.01
     perfedavg_variant: Literal["fo", "hf"] = "fo"
-    strategy: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
-    server_lr: PosFloat = 1.0
-    server_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    straggler_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    compression: Literal["none", "topk", "int8"] = "none"
+    topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.05
+    batching: Literal["auto", "vmap", "loop"] = "auto"
+    chunk: PosInt = 256
+
+
+def _registered(field: str, registry: str, name: str, extra: tuple[str, ...] = ()) -> str:
+    """`name` if `registry` (a `fedmeta.federated` registry, imported when first needed) has it."""
+    import importlib
+
+    module, _, attr = registry.rpartition(".")
+    names = (*extra, *getattr(importlib.import_module(module), attr))
+    if name not in names:
+        quoted = [repr(n) for n in names]
+        raise ConfigError(field, name, f"{', '.join(quoted[:-1])} or {quoted[-1]}")
+    return name
+
+
+class ServerConfig(Section):
+    """`[federated.server]`: the server strategy (federated/strategies/) applied to the aggregate;
+    each strategy reads the keys below that it declares."""
+
+    strategy: str = "fedavg"  # a key of fedmeta.federated.strategies.STRATEGIES
+    lr: PosFloat = 1.0
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
     tau: PosFloat = 1e-3
-    dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    straggler_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    min_clients: PosInt = 1
-    max_retries: Annotated[int, Field(ge=0)] = 3
-    compression: Literal["none", "topk", "int8"] = "none"
-    topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.05
-    eval_every: PosInt = 5
-    client_batching: Literal["auto", "vmap", "loop"] = "auto"
-    client_chunk: PosInt = 256
-    # Byzantine robustness: the server's aggregator (federated/robust/) and, to test it,
-    # simulated malicious clients (federated/attacks.py); None = the aggregator's/attack's default
-    aggregator: Literal["mean", "median", "trimmed_mean", "krum", "multikrum", "geometric_median", "norm_bound"] = "mean"
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _registered("federated.server.strategy", "fedmeta.federated.strategies.STRATEGIES", name)
+
+
+class RobustConfig(Section):
+    """`[federated.robust]`: the server's aggregation rule (federated/robust/) in place of the
+    weighted mean; None = the rule's own default."""
+
+    rule: str = "mean"  # a key of fedmeta.federated.robust.ROBUST
     trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] | None = None
-    byzantine_clients: Annotated[int, Field(ge=0)] | None = None
+    byzantine_clients: Annotated[int, Field(ge=0)] | None = None  # f the rule tolerates (Krum, Multi-Krum)
     krum_selected: PosInt | None = None
     geomed_smoothing: PosFloat | None = None
     geomed_max_iter: PosInt | None = None
     norm_bound: PosFloat | None = None
-    attack: Literal["none", "sign_flip", "scaling", "gaussian", "little_is_enough"] = "none"
-    malicious_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    attack_scale: PosFloat | None = None
-    attack_noise_std: PosFloat | None = None
-    attack_z: float | None = None
+
+    @field_validator("rule")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _registered("federated.robust.rule", "fedmeta.federated.robust.ROBUST", name)
+
+
+class AttackConfig(Section):
+    """`[federated.attack]`: simulated malicious clients (federated/attacks.py), to test a robust
+    rule; None = the attack's own default."""
+
+    name: str = "none"  # "none" or a key of fedmeta.federated.attacks.ATTACKS
+    fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0  # of the training clients, fixed for the run
+    scale: PosFloat | None = None
+    noise_std: PosFloat | None = None
+    z: float | None = None
+    byzantine_clients: PosInt | None = None  # f that "a little is enough" assumes for its z_max
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _registered("federated.attack.name", "fedmeta.federated.attacks.ATTACKS", name, ("none",))
+
+
+class FederatedConfig(Section):
+    """Clients, rounds and the server. Present in a config = a federated run; its sections
+    say what they configure."""
+
+    rounds: PosInt = 30
+    eval_every: PosInt = 5
+    n_clients: PosInt = 100
+    held_out_clients: Annotated[int, Field(ge=0)] = 20
+    clients_per_round: Annotated[float, Field(gt=0)] = 10
+    min_clients: PosInt = 1
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    partition: PartitionConfig = PartitionConfig()
+    clients: ClientsConfig = ClientsConfig()
+    server: ServerConfig = ServerConfig()
+    robust: RobustConfig = RobustConfig()
+    attack: AttackConfig = AttackConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_layout(cls, data: Any) -> Any:
+        """Keys of the flat layout (before the sections) move to their place, each with a notice."""
+        if isinstance(data, dict):
+            data, moved = move_deprecated(data)
+            for old in moved:
+                warnings.warn(ConfigDeprecationWarning(deprecation_notice(old)), stacklevel=2)
+        return data
 
 
 class LedgerConfig(Section):
@@ -212,15 +283,17 @@ class Config(Section):
         if dp.dp == "example" and fed is not None:
             from fedmeta.federated.private_client import check_example_dp
 
-            check_example_dp(fed.local_procedure, self.meta.algorithm, data=self.data.name, model=self.model_name)
+            check_example_dp(fed.clients.procedure, self.meta.algorithm, data=self.data.name, model=self.model_name)
         if dp.clipping == "adaptive" and dp.noise_multiplier > 0 and 2 * self.clip_count_stddev <= dp.noise_multiplier:
             raise ConfigError("privacy.clip_count_stddev", self.clip_count_stddev,
                               f"> privacy.noise_multiplier / 2 = {dp.noise_multiplier / 2:g} (else the clip count spends the whole budget)")
         if dp.secure_aggregation != "off" and fed is None:
             raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation, "'off' unless the run is federated")
         if fed is not None:
-            if fed.local_steps_min is not None and fed.local_steps_min > fed.local_steps:
-                raise ConfigError("federated.local_steps_min", fed.local_steps_min, f"at most federated.local_steps = {fed.local_steps}")
+            clients, robust, attack = fed.clients, fed.robust, fed.attack
+            if clients.local_steps_min is not None and clients.local_steps_min > clients.local_steps:
+                raise ConfigError("federated.clients.local_steps_min", clients.local_steps_min,
+                                  f"at most federated.clients.local_steps = {clients.local_steps}")
             if fed.clients_per_round > fed.n_clients:
                 raise ConfigError("federated.clients_per_round", fed.clients_per_round, f"a count up to n_clients = {fed.n_clients} or a fraction in (0, 1]")
             if fed.clients_per_round > 1 and fed.clients_per_round != int(fed.clients_per_round):
@@ -231,19 +304,20 @@ class Config(Section):
                 raise ConfigError("federated.clients_per_round", fed.clients_per_round,
                                   f"at least 2 clients per round with privacy.secure_aggregation = '{dp.secure_aggregation}' "
                                   "(the sum of one update is that update)")
-            if fed.aggregator != "mean" and dp.secure_aggregation != "off":
-                raise ConfigError("federated.aggregator", fed.aggregator,
+            if robust.rule != "mean" and dp.secure_aggregation != "off":
+                raise ConfigError("federated.robust.rule", robust.rule,
                                   f"'mean' with privacy.secure_aggregation = '{dp.secure_aggregation}': a robust rule needs "
                                   "each update in the clear, the server only sees the masked sum")
-            if fed.aggregator != "mean" and dp.dp in ("central", "local"):
-                raise ConfigError("federated.aggregator", fed.aggregator,
+            if robust.rule != "mean" and dp.dp in ("central", "local"):
+                raise ConfigError("federated.robust.rule", robust.rule,
                                   f"'mean' with privacy.dp = '{dp.dp}': client-level ε is accounted for the noised mean "
                                   "(use privacy.dp = 'example' or 'off')")
-            if (fed.attack == "none") != (fed.malicious_fraction == 0):
-                field, value = ("federated.attack", "none") if fed.attack == "none" else ("federated.malicious_fraction", 0.0)
-                raise ConfigError(field, value, "an attack and a malicious_fraction > 0 together (or neither)")
-            if fed.perfedavg_variant == "hf" and fed.local_procedure == "perfedavg" and fed.tasks_per_step < 2:
-                raise ConfigError("federated.tasks_per_step", fed.tasks_per_step, "at least 2 for Per-FedAvg HF (it draws an independent batch for the Hessian)")
+            if (attack.name == "none") != (attack.fraction == 0):
+                field, value = ("federated.attack.name", "none") if attack.name == "none" else ("federated.attack.fraction", 0.0)
+                raise ConfigError(field, value, "an attack and a federated.attack.fraction > 0 together (or neither)")
+            if clients.perfedavg_variant == "hf" and clients.procedure == "perfedavg" and clients.tasks_per_step < 2:
+                raise ConfigError("federated.clients.tasks_per_step", clients.tasks_per_step,
+                                  "at least 2 for Per-FedAvg HF (it draws an independent batch for the Hessian)")
         _check_dataset_options(self)
         if self.data.name == "sinusoid" and self.model.name == "conv4":
             raise ConfigError("model.name", "conv4", "sinusoid tasks need model.name = 'mlp'")
@@ -287,9 +361,9 @@ class Config(Section):
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
 
 
-# The [data] and [federated] keys each dataset reads, centrally (no [federated]) and
-# federated; k_shot and k_query are left out: federated example datasets (digits,
-# synthetic) take their episode sizes from federated.support_size / query_size.
+# The [data] and [federated.partition] keys each dataset reads, centrally (no [federated])
+# and federated; k_shot and k_query are left out: federated example datasets (digits,
+# synthetic) take their episode sizes from federated.partition.support_size / query_size.
 _EPISODE_KEYS = ("n_way", "rotations", "test_classes", "test_alphabets")
 _DATA_USES = {
     ("sinusoid", False): set(),
@@ -300,10 +374,10 @@ _DATA_USES = {
     ("synthetic", True): set(),
     ("omniglot", True): {"n_way", "rotations", "test_alphabets"},
 }
-_FEDERATED_USES = {  # keys of [federated] that only some datasets read
+_PARTITION_USES = {  # keys of [federated.partition] that only some datasets read
     "support_size": {"digits", "synthetic"},
     "query_size": {"digits", "synthetic"},
-    "partition": {"digits"},
+    "scheme": {"digits"},
     "alpha": {"digits"},
     "shards_per_client": {"digits"},
     "synthetic_alpha": {"synthetic"},
@@ -350,37 +424,151 @@ def _check_dataset_options(cfg: Config) -> None:
         if data.name == "digits":
             _check_digits_episodes(data)
         return
-    for key, readers in _FEDERATED_USES.items():
-        if data.name not in readers and getattr(fed, key) != FederatedConfig.model_fields[key].default:
-            raise ConfigError(f"federated.{key}", getattr(fed, key),
+    part = fed.partition
+    default = {key: info.default for key, info in PartitionConfig.model_fields.items()}
+    for key, readers in _PARTITION_USES.items():
+        if data.name not in readers and getattr(part, key) != default[key]:
+            raise ConfigError(f"federated.partition.{key}", getattr(part, key),
                               f"no setting here: federated {data.name} ignores it ({_only(sorted(readers))})")
     if data.name == "digits":
-        if fed.partition == "natural":
-            raise ConfigError("federated.partition", fed.partition, "'dirichlet' or 'shards' for digits (no natural owners)")
-        if fed.partition != "dirichlet" and fed.alpha != FederatedConfig.model_fields["alpha"].default:
-            raise ConfigError("federated.alpha", fed.alpha, "no setting here: only federated.partition = 'dirichlet' reads it")
-        if fed.partition != "shards" and fed.shards_per_client != FederatedConfig.model_fields["shards_per_client"].default:
-            raise ConfigError("federated.shards_per_client", fed.shards_per_client, "no setting here: only federated.partition = 'shards' reads it")
+        if part.scheme == "natural":
+            raise ConfigError("federated.partition.scheme", part.scheme, "'dirichlet' or 'shards' for digits (no natural owners)")
+        if part.scheme != "dirichlet" and part.alpha != default["alpha"]:
+            raise ConfigError("federated.partition.alpha", part.alpha,
+                              "no setting here: only federated.partition.scheme = 'dirichlet' reads it")
+        if part.scheme != "shards" and part.shards_per_client != default["shards_per_client"]:
+            raise ConfigError("federated.partition.shards_per_client", part.shards_per_client,
+                              "no setting here: only federated.partition.scheme = 'shards' reads it")
         total = fed.n_clients + fed.held_out_clients
-        if fed.partition == "dirichlet" and 2 * total > DIGITS_EXAMPLES:  # data/partition.py: 2 examples each
+        if part.scheme == "dirichlet" and 2 * total > DIGITS_EXAMPLES:  # data/partition.py: 2 examples each
             raise ConfigError("federated.n_clients", fed.n_clients,
                               f"at most {DIGITS_EXAMPLES // 2 - fed.held_out_clients} with {fed.held_out_clients} held-out "
                               f"clients: {DIGITS_EXAMPLES} digits give each of at most {DIGITS_EXAMPLES // 2} clients 2 examples")
-        if fed.partition == "shards" and fed.shards_per_client * total > DIGITS_EXAMPLES:
-            raise ConfigError("federated.shards_per_client", fed.shards_per_client,
+        if part.scheme == "shards" and part.shards_per_client * total > DIGITS_EXAMPLES:
+            raise ConfigError("federated.partition.shards_per_client", part.shards_per_client,
                               f"at most {DIGITS_EXAMPLES // total} for {total} clients ({DIGITS_EXAMPLES} digits)")
-    per = fed.drawers_per_client
+    per = part.drawers_per_client
     if data.name == "omniglot" and (20 % per or per < data.k_shot + data.k_query):  # data/federated.py
-        raise ConfigError("federated.drawers_per_client", per,
+        raise ConfigError("federated.partition.drawers_per_client", per,
                           f"a divisor of 20 (Omniglot's drawers) that is at least data.k_shot + data.k_query = {data.k_shot + data.k_query}")
     limit = {"digits": DIGITS_EXAMPLES, "synthetic": SYNTHETIC_MAX_EXAMPLES}.get(data.name)
     if limit is not None:
         holds = f"{limit} examples in all" if data.name == "digits" else f"at most {limit} examples per client"
         for key, other in (("support_size", "query_size"), ("query_size", "support_size")):
-            if getattr(fed, key) + getattr(fed, other) > limit:
-                raise ConfigError(f"federated.{key}", getattr(fed, key),
-                                  f"at most {limit - getattr(fed, other)} (with federated.{other} = {getattr(fed, other)}, "
-                                  f"{data.name} holds {holds})")
+            if getattr(part, key) + getattr(part, other) > limit:
+                raise ConfigError(f"federated.partition.{key}", getattr(part, key),
+                                  f"at most {limit - getattr(part, other)} (with federated.partition.{other} = "
+                                  f"{getattr(part, other)}, {data.name} holds {holds})")
+
+
+# -- the flat [federated] layout ----------------------------------------------------------
+# Before its sections, [federated] held every key itself. Each flat key still loads: it
+# moves to its section (old name -> "section.key" under [federated]) with a notice.
+# `partition` and `attack` come first: they name a section now, and a string there is the
+# flat key (the scheme, the attack's name).
+DEPRECATED: dict[str, str] = {
+    "partition": "partition.scheme",
+    "attack": "attack.name",
+    "alpha": "partition.alpha",
+    "shards_per_client": "partition.shards_per_client",
+    "synthetic_alpha": "partition.synthetic_alpha",
+    "synthetic_beta": "partition.synthetic_beta",
+    "drawers_per_client": "partition.drawers_per_client",
+    "support_size": "partition.support_size",
+    "query_size": "partition.query_size",
+    "local_procedure": "clients.procedure",
+    "local_steps": "clients.local_steps",
+    "local_steps_min": "clients.local_steps_min",
+    "local_lr": "clients.lr",
+    "tasks_per_step": "clients.tasks_per_step",
+    "mu": "clients.mu",
+    "perfedavg_variant": "clients.perfedavg_variant",
+    "dropout_rate": "clients.dropout_rate",
+    "straggler_rate": "clients.straggler_rate",
+    "compression": "clients.compression",
+    "topk_fraction": "clients.topk_fraction",
+    "client_batching": "clients.batching",
+    "client_chunk": "clients.chunk",
+    "strategy": "server.strategy",
+    "server_lr": "server.lr",
+    "server_momentum": "server.momentum",
+    "beta1": "server.beta1",
+    "beta2": "server.beta2",
+    "tau": "server.tau",
+    "aggregator": "robust.rule",
+    "trim_fraction": "robust.trim_fraction",
+    "byzantine_clients": "robust.byzantine_clients",  # and attack.byzantine_clients under "a little is enough"
+    "krum_selected": "robust.krum_selected",
+    "geomed_smoothing": "robust.geomed_smoothing",
+    "geomed_max_iter": "robust.geomed_max_iter",
+    "norm_bound": "robust.norm_bound",
+    "malicious_fraction": "attack.fraction",
+    "attack_scale": "attack.scale",
+    "attack_noise_std": "attack.noise_std",
+    "attack_z": "attack.z",
+}
+_LIE_F = "attack.byzantine_clients"  # the flat byzantine_clients was also the f of "a little is enough"
+
+
+def _is_flat(key: str, value: Any) -> bool:
+    """`federated.<key> = value` is a key of the flat layout (a table under `partition` or
+    `attack` is the section itself)."""
+    return key in DEPRECATED and not (key in ("partition", "attack") and isinstance(value, dict))
+
+
+def _attack_name(fed: dict[str, Any]) -> Any:
+    attack = fed.get("attack")
+    return attack.get("name") if isinstance(attack, dict) else attack
+
+
+def _targets(old: str, fed: dict[str, Any]) -> list[str]:
+    """Where the flat key `old` goes, under [federated], given the rest of the table."""
+    if old == "byzantine_clients" and _attack_name(fed) == "little_is_enough":
+        return [DEPRECATED[old], _LIE_F]
+    return [DEPRECATED[old]]
+
+
+def deprecation_notice(old: str) -> str:
+    """The one line that says where the flat key `federated.<old>` went."""
+    new = f"federated.{DEPRECATED[old]}"
+    if old == "byzantine_clients":
+        new += f" (and federated.{_LIE_F} for the 'little_is_enough' attack)"
+    return f"config: federated.{old} is deprecated; use {new}"
+
+
+def _both(old: str, value: Any, new: str) -> ConfigError:
+    return ConfigError(f"federated.{old}", value,
+                       f"not together with federated.{new}: it is that key's deprecated name (keep federated.{new})")
+
+
+def move_deprecated(fed: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A [federated] table with every flat-layout key moved to its section (a copy), and the
+    flat keys it held, in DEPRECATED's order; a flat key set together with its new key is a
+    ConfigError."""
+    fed = {k: dict(v) if isinstance(v, dict) else v for k, v in fed.items()}
+    moved = []
+    for old in DEPRECATED:
+        if old not in fed or not _is_flat(old, fed[old]):
+            continue
+        value = fed.pop(old)
+        for target in _targets(old, fed):
+            section, key = target.split(".")
+            table = fed.setdefault(section, {})
+            if isinstance(table, BaseModel):
+                table = fed[section] = table.model_dump(exclude_unset=True)
+            if not isinstance(table, dict):
+                raise ConfigError(f"federated.{section}", table, f"a table [federated.{section}] (federated.{old} moves there)")
+            if key in table:
+                raise _both(old, value, target)
+            table[key] = value
+        moved.append(old)
+    return fed, moved
+
+
+def sectioned(federated: dict[str, Any]) -> dict[str, Any]:
+    """The [federated] table in sections from keys given by their flat names (tests and
+    scripts that build configs in code), without notices; section tables pass through."""
+    return move_deprecated(federated)[0]
 
 
 _ACCEPTED = {  # what a key takes, where pydantic's own message would be vaguer
@@ -415,13 +603,15 @@ def _field_error(err: ValidationError) -> ConfigError:
     loc = [str(p) for p in first["loc"]]
     field = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
-        keys = list(_section_of(loc[:-1]).model_fields)
-        typed = loc[-1]
+        where = ".".join(loc[:-1])
+        meant = {k: f"{where}.{k}" if where else k for k in _section_of(loc[:-1]).model_fields}
+        if loc[:1] == ["federated"]:  # a flat name (or a typo of one) inside [federated] or a section of it
+            meant = {**{old: f"federated.{new}" for old, new in DEPRECATED.items()}, **meant}
+        keys, typed = list(meant), loc[-1]
         prefixed = [k for k in keys if k.startswith(typed) or typed.startswith(k)]  # "round", "feder"
         near = difflib.get_close_matches(typed, prefixed, n=1, cutoff=0) or difflib.get_close_matches(typed, keys, n=1, cutoff=0.6)
-        where = ".".join(loc[:-1])
         if near:
-            hint = f"did you mean {'.'.join([*loc[:-1], near[0]])}?"
+            hint = f"did you mean {meant[near[0]]}?"
         else:
             hint = f"no key of [{where}] is close; see configs/ or README.md" if where else "no section is close; see configs/ or README.md"
         return ConfigError(field, first["input"], f"unknown key; {hint}")
@@ -492,9 +682,19 @@ def _check_paths(cfg: Config) -> None:
 DEMO = Path(__file__).with_name("demo.toml")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), *, check_paths: bool = True) -> Config:
+def _notify(notice: str) -> None:
+    warnings.warn(ConfigDeprecationWarning(notice), stacklevel=3)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), *, check_paths: bool = True,
+                summarize_notices: bool = False) -> Config:
     """Read TOML (the built-in demo when `path` is None), apply overrides, validate; with
-    `check_paths`, also that the folders it names (data, client keys) exist here."""
+    `check_paths`, also that the folders it names (data, client keys) exist here.
+
+    A key of the flat [federated] layout, in the file or an override, moves to its section
+    with a ConfigDeprecationWarning naming the new key (`summarize_notices`: one warning for
+    the whole file, for a run folder's config.toml, which is never rewritten); an override
+    of the old name replaces the file's value of the new one."""
     raw: dict[str, Any] = {}
     if path is None:
         raw = tomllib.loads(DEMO.read_text())
@@ -508,14 +708,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), *, ch
             raise ConfigError("config", str(p), f"a UTF-8 TOML file (byte {err.start} is {err.object[err.start]:#04x})") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError("config", str(p), f"valid TOML ({err})") from None
+    moved: list[str] = []
+    if isinstance(raw.get("federated"), dict):  # the file's flat keys, before any override
+        raw["federated"], moved = move_deprecated(raw["federated"])
+    set_by: dict[str, tuple[str, Any]] = {}  # key an override set -> (the name it used, the value)
     for item in overrides:
         keys, value = _parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(".".join(keys), value, f"{k} is a value, not a section")
-        node[keys[-1]] = value
+        name, targets = ".".join(keys), [keys]
+        if len(keys) == 2 and keys[0] == "federated" and _is_flat(keys[1], value):
+            fed = raw["federated"] if isinstance(raw.get("federated"), dict) else {}
+            targets = [["federated", *t.split(".")] for t in _targets(keys[1], fed)]
+            moved.append(keys[1])
+        for target in targets:
+            key = ".".join(target)
+            first, first_value = set_by.setdefault(key, (name, value))
+            if first != name:  # the flat and the sectioned name of one key, both given
+                flat, flat_value = (first, first_value) if first != key else (name, value)
+                raise _both(flat.split(".")[1], flat_value, key.removeprefix("federated."))
+            node = raw
+            for k in target[:-1]:
+                node = node.setdefault(k, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(".".join(keys), value, f"{k} is a value, not a section")
+            node[target[-1]] = value
+    if moved and summarize_notices:
+        more = f", and {len(moved) - 1} more" if len(moved) > 1 else ""
+        _notify(f"config: {path} is in the flat [federated] layout (federated.{moved[0]} is now "
+                f"federated.{DEPRECATED[moved[0]]}{more}); it is read in sections and left as written")
+    else:
+        for old in dict.fromkeys(moved):
+            _notify(deprecation_notice(old))
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:

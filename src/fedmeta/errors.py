@@ -2,6 +2,8 @@
 
 `BadInput` and its subclasses mean the user asked for something that cannot run (exit 2);
 anything else raised during a run is a failure (exit 1) that leaves the run folder resumable.
+`ConfigDeprecationWarning` is not an error: a config key that still loads but has a new
+name; the CLI prints each as one line on stderr.
 """
 
 from __future__ import annotations
@@ -35,3 +37,10 @@ class VerificationError(FedmetaError):
     def __init__(self, what: str, expected: Any, got: Any):
         self.what, self.expected, self.got = what, expected, got
         super().__init__(f"{what}: expected {expected}, got {got}")
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A config key that loads under an old name: the message, one line, names the new key.
+
+    A FutureWarning, so Python shows it by default (it is meant for the people who write
+    configs, not only for developers)."""

@@ -34,7 +34,7 @@ RUN_CASES = {
                         "config", "latin1.toml"),
     "inner-lr-inf": (lambda t: [SINUSOID, *FAST, "--set", "meta.inner_lr=inf"], "meta.inner_lr", "inf"),
     "outer-lr-nan": (lambda t: [SINUSOID, *FAST, "--set", "train.outer_lr=nan"], "train.outer_lr", "nan"),
-    "server-lr-inf": (lambda t: [*FAST_FED, "--set", "federated.server_lr=inf"], "federated.server_lr", "inf"),
+    "server-lr-inf": (lambda t: [*FAST_FED, "--set", "federated.server.lr=inf"], "federated.server.lr", "inf"),
     "secagg-clip-inf": (lambda t: [*FAST_FED, "--set", "privacy.secagg_clip=inf"], "privacy.secagg_clip", "inf"),
     "clip-norm-inf": (lambda t: [*FAST_FED, "--set", "privacy.clip_norm=inf"], "privacy.clip_norm", "inf"),
     "noise-inf": (lambda t: [*FAST_FED, "--set", "privacy.noise_multiplier=inf"], "privacy.noise_multiplier", "inf"),
@@ -64,12 +64,12 @@ RUN_CASES = {
     "n-way-on-federated-digits": (lambda t: [*FAST_FED, "--set", "data.n_way=3"], "data.n_way", "3"),
     "rotations-on-sinusoid": (lambda t: [SINUSOID, *FAST, "--set", "data.rotations=false"], "data.rotations", "False"),
     "support-size-beyond-data": (
-        lambda t: [*FAST_FED, "--set", "federated.support_size=100000"], "federated.support_size", "100000"),
+        lambda t: [*FAST_FED, "--set", "federated.partition.support_size=100000"], "federated.partition.support_size", "100000"),
     "support-size-on-sinusoid": (
-        lambda t: [str(ROOT / "configs" / "fed-sinusoid-fedmeta.toml"), *FAST_FED, "--set", "federated.support_size=7"],
-        "federated.support_size", "7"),
+        lambda t: [str(ROOT / "configs" / "fed-sinusoid-fedmeta.toml"), *FAST_FED, "--set", "federated.partition.support_size=7"],
+        "federated.partition.support_size", "7"),
     "natural-partition-on-digits": (
-        lambda t: [*FAST_FED, "--set", "federated.partition=natural"], "federated.partition", "natural"),
+        lambda t: [*FAST_FED, "--set", "federated.partition.scheme=natural"], "federated.partition.scheme", "natural"),
     "data-dir-missing": (lambda t: [*FAST_FED, "--data-dir", "/nonexistent"], "data.data_dir", "/nonexistent"),
     "data-dir-missing-sinusoid": (
         lambda t: [SINUSOID, *FAST, "--set", 'data.data_dir="/nonexistent"'], "data.data_dir", "/nonexistent"),
@@ -77,16 +77,18 @@ RUN_CASES = {
     "secure-sum-of-one-client": (
         lambda t: [*FAST_FED, "--set", "federated.clients_per_round=1"], "federated.clients_per_round", "1"),
     "omniglot-drawers-per-client": (
-        lambda t: [str(ROOT / "configs" / "fed-omniglot-fedmeta.toml"), *FAST_FED, "--set", "federated.drawers_per_client=3"],
-        "federated.drawers_per_client", "3"),
+        lambda t: [str(ROOT / "configs" / "fed-omniglot-fedmeta.toml"), *FAST_FED,
+                   "--set", "federated.partition.drawers_per_client=3"],
+        "federated.partition.drawers_per_client", "3"),
     "digits-test-classes": (lambda t: [DIGITS, *FAST, "--set", "data.test_classes=[42]"], "data.test_classes", "42"),
     "digits-n-way": (lambda t: [DIGITS, *FAST, "--set", "data.n_way=20"], "data.n_way", "20"),
     "digits-k-query": (lambda t: [DIGITS, *FAST, "--set", "data.k_query=500"], "data.k_query", "500"),
     "digits-more-clients-than-pairs": (
         lambda t: [*FAST_FED, "--set", "federated.n_clients=5000"], "federated.n_clients", "5000"),
     "digits-shards-beyond-data": (
-        lambda t: [*FAST_FED, "--set", "federated.partition='shards'", "--set", "federated.shards_per_client=1000"],
-        "federated.shards_per_client", "1000"),
+        lambda t: [*FAST_FED, "--set", "federated.partition.scheme='shards'",
+                   "--set", "federated.partition.shards_per_client=1000"],
+        "federated.partition.shards_per_client", "1000"),
 }
 
 
@@ -116,11 +118,14 @@ def test_every_float_key_refuses_infinity():
     """Model-wide: no float setting takes inf or nan (none of them means anything there)."""
     from fedmeta.config import Config, Section
 
-    def sections():
-        for name, info in Config.model_fields.items():
+    def sections(model=Config, prefix=""):
+        """Every section, nested ones ([federated.clients], ...) included, by dotted name."""
+        for name, info in model.model_fields.items():
             ann = info.annotation
-            cls = next(a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, Section))
-            yield name, cls
+            cls = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, Section)), None)
+            if cls is not None:
+                yield f"{prefix}{name}", cls
+                yield from sections(cls, f"{prefix}{name}.")
 
     tried = 0
     for section, cls in sections():

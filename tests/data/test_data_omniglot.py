@@ -372,7 +372,8 @@ def test_federated_omniglot_refuses_more_clients_than_owners(images):
     from fedmeta.data.federated import make_federated
 
     raw = {"data": {"name": "omniglot", "data_dir": str(SHARED), "k_shot": 1, "k_query": 1},
-           "federated": {"n_clients": 10_000, "held_out_clients": 0, "clients_per_round": 2, "drawers_per_client": 5}}
+           "federated": {"n_clients": 10_000, "held_out_clients": 0, "clients_per_round": 2,
+                         "partition": {"drawers_per_client": 5}}}
     with pytest.raises(FedmetaError) as err:
         make_federated(Config.model_validate(raw), torch.Generator().manual_seed(0))
     assert err.value.field == "federated.n_clients" and "at most" in str(err.value)

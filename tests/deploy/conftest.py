@@ -2,7 +2,7 @@ import pytest
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmeta.config import Config
+from fedmeta.config import Config, sectioned
 from fedmeta.deploy.flower import (
     QUERY,
     TRAIN,
@@ -18,7 +18,8 @@ from fedmeta.ledger import keys
 
 
 def make_config(data: str = "synthetic", privacy: dict | None = None, **federated) -> Config:
-    """A small federated config; keyword arguments override [federated] keys."""
+    """A small federated config; keyword arguments override [federated] keys, given by their
+    flat names (local_lr, aggregator, ...: `fedmeta.config.DEPRECATED`) or as section tables."""
     fed = dict(rounds=2, n_clients=3, held_out_clients=2, clients_per_round=2, local_steps=2,
                tasks_per_step=2, local_lr=0.05, eval_every=1)
     fed.update(federated)
@@ -27,7 +28,7 @@ def make_config(data: str = "synthetic", privacy: dict | None = None, **federate
         "data": {"name": data, "k_shot": 5, "k_query": 5},
         "model": {"name": "mlp", "hidden": [16, 16]},
         "meta": {"algorithm": "fomaml", "inner_steps": 1, "inner_lr": 0.05, "eval_inner_steps": 2},
-        "federated": fed,
+        "federated": sectioned(fed),
         "privacy": privacy or {},
     }
     return Config.model_validate(raw)

@@ -97,14 +97,19 @@ def test_a_client_missing_from_the_federation_is_dropped(config, grid_factory, d
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("privacy.secure_aggregation", "ckks"), ("federated.attack", "sign_flip"),
-    ("federated.dropout_rate", 0.1), ("federated.straggler_rate", 0.1)])
+    ("privacy.secure_aggregation", "ckks"), ("federated.attack.name", "sign_flip"),
+    ("federated.clients.dropout_rate", 0.1), ("federated.clients.straggler_rate", 0.1)])
 def test_unsupported_options_are_config_errors(config, field, value):
-    section, key = field.split(".")
-    cfg = config("sinusoid")
-    part = getattr(cfg, section).model_copy(update={key: value})
+    *path, key = field.split(".")
+
+    def updated(node, path):
+        """A copy of `node` with `key` = `value` in the section `path` below it."""
+        if not path:
+            return node.model_copy(update={key: value})
+        return node.model_copy(update={path[0]: updated(getattr(node, path[0]), path[1:])})
+
     with pytest.raises(ConfigError) as err:
-        check_deployable(cfg.model_copy(update={section: part}))
+        check_deployable(updated(config("sinusoid"), path))
     assert err.value.field == field
 
 

@@ -39,9 +39,9 @@ def federated_config(noise_seed: int | None) -> Config:
         "data": {"name": "sinusoid", "k_shot": 4, "k_query": 4},
         "model": {"name": "mlp", "hidden": [8]},
         "meta": {"inner_lr": 0.01, "eval_inner_steps": 1},
-        "federated": {"rounds": 3, "n_clients": 8, "held_out_clients": 2, "clients_per_round": 4,
-                      "local_steps": 1, "tasks_per_step": 2, "local_lr": 0.01, "eval_every": 2,
-                      "strategy": "fedadam"},
+        "federated": {"rounds": 3, "n_clients": 8, "held_out_clients": 2, "clients_per_round": 4, "eval_every": 2,
+                      "clients": {"local_steps": 1, "tasks_per_step": 2, "lr": 0.01},
+                      "server": {"strategy": "fedadam"}},
         "privacy": {"dp": "central", "clip_norm": 1.0, "noise_multiplier": 0.8, "noise_seed": noise_seed},
         "ledger": {"enabled": True},
     })

@@ -54,7 +54,7 @@ def test_budget_stop_counts_the_local_steps(config, tmp_path):
         (["privacy.dp='example'", "privacy.secure_aggregation='off'"], "meta.algorithm"),  # the demo: 2nd-order MAML
         (["privacy.dp='example'", "meta.algorithm='metasgd'"], "meta.algorithm"),
         (["privacy.dp='example'", "meta.algorithm='fomaml'", "privacy.clipping='adaptive'"], "privacy.clipping"),
-        (["privacy.dp='example'", "federated.local_procedure='perfedavg'"], "federated.local_procedure"),
+        (["privacy.dp='example'", "federated.clients.procedure='perfedavg'"], "federated.clients.procedure"),
         (["privacy.dp='example'", "meta.algorithm='fomaml'", "data.name='sinusoid'"], "data.name"),
     ],
 )

@@ -210,7 +210,7 @@ def test_accounting_counts_every_noised_gradient(monkeypatch, learner) -> None:
     [
         (("fedmeta", "maml"), "meta.algorithm"),
         (("fedmeta", "metasgd"), "meta.algorithm"),
-        (("perfedavg", "fomaml"), "federated.local_procedure"),
+        (("perfedavg", "fomaml"), "federated.clients.procedure"),
         (("sgd", "maml", "sinusoid"), "data.name"),
         (("fedmeta", "anil", "omniglot"), "data.name"),
         (("sgd", "maml", "digits", "conv4"), "model.name"),

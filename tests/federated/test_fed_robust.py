@@ -139,7 +139,7 @@ ROBUST_UNDER_TEST = {
 @pytest.mark.parametrize("attack", ["scaling", "sign_flip"])
 def test_robust_aggregates_stay_near_the_honest_mean_while_the_mean_is_pulled_away(attack):
     byzantine, honest, g = honest_and_byzantine()
-    attacker = make_attack(attack, attack_scale=1000.0)
+    attacker = make_attack(attack, scale=1000.0)
     sent = [attacker(d, honest, g) for d in byzantine] + honest
     weights = [1.0] * len(sent)
     target = weighted_mean(honest, [1.0] * len(honest))
@@ -164,16 +164,16 @@ def test_every_registered_aggregator_keeps_names_shapes_and_dtypes():
 @pytest.mark.parametrize(
     ("name", "options", "field"),
     [
-        ("trimmed_mean", {"trim_fraction": 0.5}, "federated.trim_fraction"),
-        ("trimmed_mean", {"trim_fraction": -0.1}, "federated.trim_fraction"),
-        ("krum", {"byzantine_clients": -1}, "federated.byzantine_clients"),
-        ("multikrum", {"byzantine_clients": 1.5}, "federated.byzantine_clients"),
-        ("multikrum", {"krum_selected": 0}, "federated.krum_selected"),
-        ("geometric_median", {"geomed_smoothing": 0.0}, "federated.geomed_smoothing"),
-        ("geometric_median", {"geomed_max_iter": 0}, "federated.geomed_max_iter"),
-        ("norm_bound", {"norm_bound": float("inf")}, "federated.norm_bound"),
-        ("median", {"trim_fraction": 0.1}, "federated.trim_fraction"),
-        ("bulyan", {}, "federated.aggregator"),
+        ("trimmed_mean", {"trim_fraction": 0.5}, "federated.robust.trim_fraction"),
+        ("trimmed_mean", {"trim_fraction": -0.1}, "federated.robust.trim_fraction"),
+        ("krum", {"byzantine_clients": -1}, "federated.robust.byzantine_clients"),
+        ("multikrum", {"byzantine_clients": 1.5}, "federated.robust.byzantine_clients"),
+        ("multikrum", {"krum_selected": 0}, "federated.robust.krum_selected"),
+        ("geometric_median", {"geomed_smoothing": 0.0}, "federated.robust.geomed_smoothing"),
+        ("geometric_median", {"geomed_max_iter": 0}, "federated.robust.geomed_max_iter"),
+        ("norm_bound", {"norm_bound": float("inf")}, "federated.robust.norm_bound"),
+        ("median", {"trim_fraction": 0.1}, "federated.robust.trim_fraction"),
+        ("bulyan", {}, "federated.robust.rule"),
     ],
 )
 def test_bad_options_name_their_field_on_construction(name, options, field):
@@ -183,9 +183,9 @@ def test_bad_options_name_their_field_on_construction(name, options, field):
 
 
 @pytest.mark.parametrize(("name", "options", "n", "field"), [
-    ("krum", {"byzantine_clients": 2}, 6, "federated.byzantine_clients"),  # needs n > 2f + 2 = 6
-    ("multikrum", {"byzantine_clients": 0}, 2, "federated.byzantine_clients"),
-    ("multikrum", {"byzantine_clients": 2, "krum_selected": 6}, 7, "federated.krum_selected"),  # m <= n − f
+    ("krum", {"byzantine_clients": 2}, 6, "federated.robust.byzantine_clients"),  # needs n > 2f + 2 = 6
+    ("multikrum", {"byzantine_clients": 0}, 2, "federated.robust.byzantine_clients"),
+    ("multikrum", {"byzantine_clients": 2, "krum_selected": 6}, 7, "federated.robust.krum_selected"),  # m <= n − f
 ])
 def test_krum_checks_the_round_size_when_called(name, options, n, field):
     aggregate = make_robust(name, **options)

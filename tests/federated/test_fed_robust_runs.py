@@ -38,11 +38,11 @@ def test_robust_rule_resists_a_scaling_attack(config, aggregator):
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        (["federated.aggregator='median'"], "federated.aggregator"),  # the demo runs SecAgg+
-        (["federated.aggregator='krum'", "privacy.dp='off'", "privacy.secure_aggregation='ckks'"], "federated.aggregator"),
-        (["federated.aggregator='median'", "privacy.secure_aggregation='off'"], "federated.aggregator"),  # and DP
-        (["federated.attack='scaling'"], "federated.malicious_fraction"),  # who attacks?
-        (["federated.malicious_fraction=0.1"], "federated.attack"),  # with what?
+        (["federated.robust.rule='median'"], "federated.robust.rule"),  # the demo runs SecAgg+
+        (["federated.robust.rule='krum'", "privacy.dp='off'", "privacy.secure_aggregation='ckks'"], "federated.robust.rule"),
+        (["federated.robust.rule='median'", "privacy.secure_aggregation='off'"], "federated.robust.rule"),  # and DP
+        (["federated.attack.name='scaling'"], "federated.attack.fraction"),  # who attacks?
+        (["federated.attack.fraction=0.1"], "federated.attack.name"),  # with what?
     ],
 )
 def test_incompatible_robust_options_are_config_errors(overrides, field):

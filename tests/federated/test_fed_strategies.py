@@ -28,7 +28,7 @@ def test_fedavg_and_fedavgm():
     p, d = {"x": torch.tensor([1.0, -1.0])}, {"x": torch.tensor([0.5, 0.25])}
     new, _ = FedAvg().apply(p, d, FedAvg().init(p))
     torch.testing.assert_close(new["x"], torch.tensor([1.5, -0.75]))
-    s = FedAvgM(server_lr=0.5, momentum=0.9)
+    s = FedAvgM(lr=0.5, momentum=0.9)
     state = s.init(p)
     p1, state = s.apply(p, d, state)
     p2, state = s.apply(p1, d, state)
@@ -52,7 +52,7 @@ def test_fedopt_matches_reddi_algorithm_2(cls):
         else:
             v = v - (1 - b2) * d**2 * np.sign(v - d**2)
         xr = xr + eta * m / (np.sqrt(v) + tau)
-    s = cls(server_lr=eta, beta1=b1, beta2=b2, tau=tau)
+    s = cls(lr=eta, beta1=b1, beta2=b2, tau=tau)
     p = {"x": torch.tensor(x)}
     state = s.init(p)
     for d in deltas:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
-from fedmeta.errors import BadInput, FedmetaError
+from fedmeta.errors import BadInput, ConfigDeprecationWarning, FedmetaError
 
 app = typer.Typer(
     name="fedmeta",
@@ -38,6 +39,23 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 done, 2 bad input, 1 failure during the run."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+            """A config deprecation notice as one line on stderr (no file or line number: it
+            is about the user's config, not about code); any other warning as before."""
+            if issubclass(category, ConfigDeprecationWarning):
+                print(str(message).splitlines()[0], file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("default", ConfigDeprecationWarning)  # each notice once per command
+        warnings.showwarning = one_line
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP notes

@@ -87,12 +87,12 @@ def _split_clients(clients: list, held_out: int, field: str = "federated.held_ou
 
 
 def partition_examples(x: Tensor, y: Tensor, cfg: Any, generator: torch.Generator) -> list[Tensor]:
-    total = cfg.n_clients + cfg.held_out_clients
-    if cfg.partition == "dirichlet":
-        return dirichlet(y, total, cfg.alpha, generator)
-    if cfg.partition == "shards":
-        return shards(y, total, cfg.shards_per_client, generator)
-    raise ConfigError("federated.partition", cfg.partition, "'dirichlet' or 'shards' for this dataset")
+    total, part = cfg.n_clients + cfg.held_out_clients, cfg.partition
+    if part.scheme == "dirichlet":
+        return dirichlet(y, total, part.alpha, generator)
+    if part.scheme == "shards":
+        return shards(y, total, part.shards_per_client, generator)
+    raise ConfigError("federated.partition.scheme", part.scheme, "'dirichlet' or 'shards' for this dataset")
 
 
 def federated_digits(cfg: Any, generator: torch.Generator) -> FederatedData:
@@ -101,7 +101,7 @@ def federated_digits(cfg: Any, generator: torch.Generator) -> FederatedData:
 
     x, y = digits_arrays()
     clients = [
-        ExampleClient(x[i], y[i], cfg.support_size, cfg.query_size, "classification", 10)
+        ExampleClient(x[i], y[i], cfg.partition.support_size, cfg.partition.query_size, "classification", 10)
         for i in partition_examples(x, y, cfg, generator)
     ]
     train, held = _split_clients(clients, cfg.held_out_clients)
@@ -134,8 +134,8 @@ def synthetic(alpha: float, beta: float, n_clients: int, generator: torch.Genera
 def federated_synthetic(cfg: Any, generator: torch.Generator) -> FederatedData:
     total = cfg.n_clients + cfg.held_out_clients
     clients = [
-        ExampleClient(x, y, cfg.support_size, cfg.query_size, "classification", 10)
-        for x, y in synthetic(cfg.synthetic_alpha, cfg.synthetic_beta, total, generator)
+        ExampleClient(x, y, cfg.partition.support_size, cfg.partition.query_size, "classification", 10)
+        for x, y in synthetic(cfg.partition.synthetic_alpha, cfg.partition.synthetic_beta, total, generator)
     ]
     train, held = _split_clients(clients, cfg.held_out_clients)
     return FederatedData(train, held, "classification", 10, (60,))
@@ -175,9 +175,9 @@ def federated_omniglot(cfg: Any, data: Any, generator: torch.Generator) -> Feder
 
     images = load_omniglot(data.data_dir)
     test = default_test_alphabets(images) if data.test_alphabets is None else data.test_alphabets
-    per = cfg.drawers_per_client
+    per = cfg.partition.drawers_per_client
     if per < data.k_shot + data.k_query or 20 % per:
-        raise ConfigError("federated.drawers_per_client", per, f"a divisor of 20 that is at least k_shot + k_query = {data.k_shot + data.k_query}")
+        raise ConfigError("federated.partition.drawers_per_client", per, f"a divisor of 20 that is at least k_shot + k_query = {data.k_shot + data.k_query}")
     train, held = [], []
     for alphabet in images.alphabet_names():
         rows = [i for i, a in enumerate(images.alphabets) if a == alphabet]

@@ -19,7 +19,7 @@ from fedmeta.errors import ConfigError
 
 def dirichlet(labels: Tensor, n_clients: int, alpha: float, generator: torch.Generator, min_size: int = 2) -> list[Tensor]:
     if alpha <= 0:
-        raise ConfigError("federated.alpha", alpha, "a positive Dirichlet concentration")
+        raise ConfigError("federated.partition.alpha", alpha, "a positive Dirichlet concentration")
     if n_clients * min_size > labels.numel():
         raise ConfigError("federated.n_clients", n_clients, f"at most {labels.numel() // min_size} for {labels.numel()} examples")
     conc = torch.full((n_clients,), float(alpha), dtype=torch.float64)
@@ -35,7 +35,7 @@ def dirichlet(labels: Tensor, n_clients: int, alpha: float, generator: torch.Gen
         out = [torch.cat(p).sort().values for p in parts]
         if min(p.numel() for p in out) >= min_size:
             return out
-    raise ConfigError("federated.alpha", alpha, f"a larger value: clients kept getting fewer than {min_size} examples")
+    raise ConfigError("federated.partition.alpha", alpha, f"a larger value: clients kept getting fewer than {min_size} examples")
 
 
 def _dirichlet_sample(conc: Tensor, generator: torch.Generator) -> Tensor:
@@ -51,7 +51,7 @@ def _dirichlet_sample(conc: Tensor, generator: torch.Generator) -> Tensor:
 def shards(labels: Tensor, n_clients: int, shards_per_client: int, generator: torch.Generator) -> list[Tensor]:
     n_shards = n_clients * shards_per_client
     if n_shards > labels.numel():
-        raise ConfigError("federated.shards_per_client", shards_per_client, f"at most {labels.numel() // n_clients} for {n_clients} clients")
+        raise ConfigError("federated.partition.shards_per_client", shards_per_client, f"at most {labels.numel() // n_clients} for {n_clients} clients")
     order = torch.argsort(labels, stable=True)
     pieces = torch.tensor_split(order, n_shards)
     deal = torch.randperm(n_shards, generator=generator).reshape(n_clients, shards_per_client)

@@ -67,11 +67,11 @@ def check_deployable(cfg: Config) -> None:
     if dp.secure_aggregation == "ckks":
         raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation,
                           "'off', 'secagg' or 'secagg+' with fedmeta deploy (CKKS sums are not carried over Flower yet)")
-    if fed.attack != "none":
-        raise ConfigError("federated.attack", fed.attack, "'none' with fedmeta deploy (attacks are simulated in-process only)")
+    if fed.attack.name != "none":
+        raise ConfigError("federated.attack.name", fed.attack.name, "'none' with fedmeta deploy (attacks are simulated in-process only)")
     for name in ("dropout_rate", "straggler_rate"):
-        if getattr(fed, name) > 0:
-            raise ConfigError(f"federated.{name}", getattr(fed, name), "0 with fedmeta deploy (real clients drop out on their own)")
+        if getattr(fed.clients, name) > 0:
+            raise ConfigError(f"federated.clients.{name}", getattr(fed.clients, name), "0 with fedmeta deploy (real clients drop out on their own)")
 
 
 # -- the wire: plain values <-> Flower records ----------------------------------------------

@@ -24,7 +24,8 @@ import numpy as np
 from fedmeta.config import Config
 from fedmeta.federated.dp_fedavg import UNCLIPPED, ClientLevelDP
 from fedmeta.federated.encrypted import HEStats, KeySetup, distribute_keys, encrypted_weighted_sum
-from fedmeta.federated.robust import ROBUST, Aggregator, make_robust, options_of
+from fedmeta.federated.registry import build
+from fedmeta.federated.robust import ROBUST, Aggregator
 from fedmeta.federated.secure import secure_weighted_sum, weight_scale
 from fedmeta.params import Params, clip, weighted_sum
 
@@ -168,6 +169,5 @@ def build_aggregation(cfg: Config, client_dp: ClientLevelDP | None) -> RobustMea
         return DPMean(client_dp, inner)
     if inner is not None:
         return SecureMean(inner, cfg.privacy.secagg_clip)
-    fed = cfg.federated
-    options = {k: v for k in options_of(ROBUST[fed.aggregator]) if (v := getattr(fed, k)) is not None}
-    return RobustMean(make_robust(fed.aggregator, **options))
+    robust = cfg.federated.robust
+    return RobustMean(build(ROBUST, robust.rule, robust))

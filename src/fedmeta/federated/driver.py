@@ -116,9 +116,9 @@ class Driver:
         audit = membership_audit(runtime.learner, runtime.params, runtime.data) if cfg.privacy.audit else None
         summary = {
             "mode": "federated",
-            "procedure": fed.local_procedure,
-            "algorithm": cfg.meta.algorithm if fed.local_procedure == "fedmeta" else fed.local_procedure,
-            "strategy": fed.strategy,
+            "procedure": fed.clients.procedure,
+            "algorithm": cfg.meta.algorithm if fed.clients.procedure == "fedmeta" else fed.clients.procedure,
+            "strategy": fed.server.strategy,
             "rounds": runtime.round,
             "stopped": self.progress["stopped"],
             **runtime.server.privacy_spent(),

@@ -3,7 +3,7 @@
 A round continues the server's round stream: each sampled client's fate (it drops out
 with probability `dropout_rate`, straggles past the deadline with `straggler_rate`), the
 survivors' local procedures (`training.py`, vmapped or looped), then each client's
-pipeline (`client_steps.py`) in client order. A fixed, seeded set of ⌊malicious_fraction·N⌋
+pipeline (`client_steps.py`) in client order. A fixed, seeded set of ⌊federated.attack.fraction·N⌋
 training clients runs a simulated attack instead of the DP step.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from fedmeta.config import Config
-from fedmeta.federated.attacks import ATTACKS, make_attack
+from fedmeta.federated.attacks import ATTACKS
 from fedmeta.federated.client_steps import Context, Craft, Pipeline, Upload
-from fedmeta.federated.robust import options_of
+from fedmeta.federated.registry import build
 from fedmeta.federated.sampling import ATTACKERS, generator
 from fedmeta.federated.training import Training
 from fedmeta.federated.transport import Broadcast, Replies, Reply
@@ -30,13 +30,12 @@ log = logging.getLogger("fedmeta.federated")
 
 def attackers(cfg: Config, n_clients: int) -> tuple[Any, frozenset[int]]:
     """The simulated attack and the clients running it (None and nobody without an attack)."""
-    fed = cfg.federated
-    if fed.attack == "none":
+    attack = cfg.federated.attack
+    if attack.name == "none":
         return None, frozenset()
-    options = {k: v for k in options_of(ATTACKS[fed.attack]) if (v := getattr(fed, k)) is not None}
-    count = int(fed.malicious_fraction * n_clients)
+    count = int(attack.fraction * n_clients)
     order = torch.randperm(n_clients, generator=generator(cfg.run.seed, 0, 0, ATTACKERS))
-    return make_attack(fed.attack, **options), frozenset(order[:count].tolist())
+    return build(ATTACKS, attack.name, attack), frozenset(order[:count].tolist())
 
 
 def key_lookup(folder: str | None) -> Callable[[int], Path | None]:
@@ -53,7 +52,7 @@ class InProcess:
     def __init__(self, cfg: Config, training: Training, pipeline: Pipeline):
         self.training, self.pipeline = training, pipeline
         fed = cfg.federated
-        self.dropout_rate, self.straggler_rate = fed.dropout_rate, fed.straggler_rate
+        self.dropout_rate, self.straggler_rate = fed.clients.dropout_rate, fed.clients.straggler_rate
         self.noise_seed = cfg.privacy.noise_seed
         attack, self.malicious = attackers(cfg, len(training.clients))
         self.attacker = pipeline.without("privatize").before("compress", "craft", Craft(attack)) if attack else None

@@ -69,11 +69,11 @@ def check_example_dp(
     procedure: str, algorithm: str, *, data: str = "digits", model: str = "mlp"
 ) -> None:
     """Raise ConfigError unless example-level DP supports this combination of config values
-    (`federated.local_procedure`, `meta.algorithm`, `data.name`, resolved `model.name`)."""
+    (`federated.clients.procedure`, `meta.algorithm`, `data.name`, resolved `model.name`)."""
     where = "with privacy.dp = 'example'"
     if procedure not in PROCEDURES:
         raise ConfigError(
-            "federated.local_procedure", procedure, f"one of {', '.join(PROCEDURES)} {where}"
+            "federated.clients.procedure", procedure, f"one of {', '.join(PROCEDURES)} {where}"
         )
     if procedure == "fedmeta" and algorithm not in EXAMPLE_DP_ALGORITHMS:
         raise ConfigError(

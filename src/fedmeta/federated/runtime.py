@@ -35,10 +35,10 @@ from fedmeta.models import parameters_of
 def client_pipeline(cfg: Config, client_dp: ClientLevelDP | None, key_for: Callable[[int], Path | None],
                     extra: dict[str, ClientStep] | None = None) -> Pipeline:
     """privatize (client-level DP) → the `extra` steps → compress → sign."""
-    fed = cfg.federated
+    clients = cfg.federated.clients
     steps: dict[str, Any] = {} if client_dp is None else {"privatize": Privatize(client_dp)}
     steps.update(extra or {})
-    steps["compress"] = Compress(make_compression(fed.compression, fed.topk_fraction))
+    steps["compress"] = Compress(make_compression(clients.compression, clients.topk_fraction))
     steps["sign"] = Sign(key_for)
     return Pipeline(steps)
 
@@ -59,7 +59,7 @@ class ClientSide:
     def from_config(cls, cfg: Config, steps: dict[str, ClientStep] | None = None) -> ClientSide:
         data = make_federated(cfg, torch.Generator().manual_seed(cfg.run.seed))
         model = model_for(cfg, data.x_shape, data.n_outputs)
-        fedmeta = cfg.federated.local_procedure == "fedmeta"
+        fedmeta = cfg.federated.clients.procedure == "fedmeta"
         learner = learner_for(cfg, model, data.kind, None if fedmeta else "maml")
         training = Training.from_config(cfg, model, data.kind, learner, data.train)
         client_dp = None
@@ -120,7 +120,7 @@ class Runtime:
     def run_round(self) -> RoundResult:
         fed = self.cfg.federated
         return run_round(self.server, self.transport, max_retries=fed.max_retries, min_clients=fed.min_clients,
-                         strategy=fed.strategy, run_id=self.run_id)
+                         strategy=fed.server.strategy, run_id=self.run_id)
 
     def exchange(self, round_: int, attempt: int = 0) -> Replies:
         """One exchange of round `round_` over the transport, without aggregating (for inspection)."""

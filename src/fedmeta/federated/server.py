@@ -19,6 +19,7 @@ from fedmeta.errors import BadInput, ConfigError
 from fedmeta.federated.admission import Admission
 from fedmeta.federated.aggregation import Aggregate, build_aggregation
 from fedmeta.federated.dp_fedavg import ClientLevelDP
+from fedmeta.federated.registry import build
 from fedmeta.federated.sampling import Sampler, expected_clients, generator
 from fedmeta.federated.strategies import STRATEGIES, Strategy
 from fedmeta.federated.transport import Broadcast
@@ -27,16 +28,6 @@ from fedmeta.privacy.accountant import Accountant, max_steps_for
 from fedmeta.privacy.noise import rng_for
 
 log = logging.getLogger("fedmeta.federated")
-
-
-def make_strategy(cfg: Config):
-    fed = cfg.federated
-    cls = STRATEGIES[fed.strategy]
-    if fed.strategy == "fedavg":
-        return cls(server_lr=fed.server_lr)
-    if fed.strategy == "fedavgm":
-        return cls(server_lr=fed.server_lr, momentum=fed.server_momentum)
-    return cls(server_lr=fed.server_lr, beta1=fed.beta1, beta2=fed.beta2, tau=fed.tau)
 
 
 class Server:
@@ -48,7 +39,8 @@ class Server:
         rate, m = expected_clients(cfg.clients_per_round_count, n_clients)
         self.client_dp = ClientLevelDP.from_config(cfg, rate, m) if dp.dp in ("central", "local") else None
         self.aggregation = build_aggregation(cfg, self.client_dp)
-        self.strategy = make_strategy(cfg) if strategy is None else strategy
+        server = cfg.federated.server
+        self.strategy = build(STRATEGIES, server.strategy, server) if strategy is None else strategy
         self.params, self.state, self.round = params, self.strategy.init(params), 0
         self.admission = Admission()
         self.accountant = Accountant(dp.accountant)

@@ -34,19 +34,19 @@ Deltas = dict[int, Params | Exception]
 
 
 def make_procedure(cfg: Config, model: nn.Module, kind: str, learner: MetaLearner) -> Any:
-    """The local procedure `federated.local_procedure` names (see `client.py`, `perfedavg.py`)."""
-    fed = cfg.federated
-    mu = fed.mu if fed.local_procedure == "fedprox" else 0.0
+    """The local procedure `federated.clients.procedure` names (see `client.py`, `perfedavg.py`)."""
+    clients = cfg.federated.clients
+    mu = clients.mu if clients.procedure == "fedprox" else 0.0
     if cfg.privacy.dp == "example":
         dp = cfg.privacy
-        return PrivateLocal(model, kind, fed.local_lr, sample_rate=dp.example_sample_rate, clip_norm=dp.clip_norm,
+        return PrivateLocal(model, kind, clients.lr, sample_rate=dp.example_sample_rate, clip_norm=dp.clip_norm,
                             noise_multiplier=dp.noise_multiplier, mu=mu,
-                            learner=learner if fed.local_procedure == "fedmeta" else None)
-    if fed.local_procedure == "fedmeta":
-        return LocalMeta(learner, fed.local_lr)
-    if fed.local_procedure == "perfedavg":
-        return PerFedAvg(model, kind, cfg.meta.inner_lr, fed.local_lr, fed.perfedavg_variant)
-    return LocalSGD(model, kind, fed.local_lr, mu)
+                            learner=learner if clients.procedure == "fedmeta" else None)
+    if clients.procedure == "fedmeta":
+        return LocalMeta(learner, clients.lr)
+    if clients.procedure == "perfedavg":
+        return PerFedAvg(model, kind, cfg.meta.inner_lr, clients.lr, clients.perfedavg_variant)
+    return LocalSGD(model, kind, clients.lr, mu)
 
 
 @dataclass
@@ -61,10 +61,10 @@ class Training:
 
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module, kind: str, learner: MetaLearner, clients: Sequence[Any]) -> Training:
-        fed = cfg.federated
-        batching = fed.client_batching if fed.client_batching != "auto" else batching_for(model)
-        return cls(make_procedure(cfg, model, kind, learner), clients, fed.local_steps,
-                   fed.local_steps_min or fed.local_steps, fed.tasks_per_step, batching, fed.client_chunk)
+        mine = cfg.federated.clients
+        batching = mine.batching if mine.batching != "auto" else batching_for(model)
+        return cls(make_procedure(cfg, model, kind, learner), clients, mine.local_steps,
+                   mine.local_steps_min or mine.local_steps, mine.tasks_per_step, batching, mine.chunk)
 
     @property
     def private(self) -> bool:

@@ -1,8 +1,10 @@
 """Byzantine-robust aggregation: drop-in replacements for the weighted mean of updates.
 
-Every aggregator is called as `aggregate(updates, weights) -> update` and is built by
-`make_robust(name, **options)`, whose keyword options are the `federated.<option>`
-settings the aggregator takes (see each class's fields). Robust aggregation needs every
+Every aggregator is called as `aggregate(updates, weights) -> update` and is built from
+the `[federated.robust]` section by `build(ROBUST, cfg.federated.robust.rule,
+cfg.federated.robust)` (fedmeta.federated.registry), or from keyword options by
+`make_robust(name, **options)`; its options are the section's keys it declares as fields.
+A new rule is one file with its class and one line in ROBUST. Robust aggregation needs every
 client's update in the clear, so it cannot run on masked (secure aggregation) or
 encrypted (CKKS) sums.
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fedmeta.federated.robust.base import Aggregator, make_from, options_of
+from fedmeta.federated.registry import Registry, build, options_of
+from fedmeta.federated.robust.base import Aggregator
 from fedmeta.federated.robust.geometric_median import GeometricMedian
 from fedmeta.federated.robust.krum import Krum, MultiKrum, krum_scores
 from fedmeta.federated.robust.median import CoordinateMedian
@@ -29,7 +32,7 @@ class Mean:
         return weighted_mean(updates, weights)
 
 
-ROBUST: dict[str, type] = {
+ROBUST = Registry("federated.robust", "rule", {
     "mean": Mean,
     "median": CoordinateMedian,
     "trimmed_mean": TrimmedMean,
@@ -37,12 +40,12 @@ ROBUST: dict[str, type] = {
     "multikrum": MultiKrum,
     "geometric_median": GeometricMedian,
     "norm_bound": NormBound,
-}
+})
 
 
 def make_robust(name: str, **options: Any) -> Aggregator:
-    """The aggregator `name` (a key of ROBUST) configured by its `federated.*` options."""
-    return make_from(ROBUST, "aggregator", name, options)
+    """The aggregator `name` (a key of ROBUST) with keyword options (keys of [federated.robust])."""
+    return build(ROBUST, name, options)
 
 
 __all__ = [

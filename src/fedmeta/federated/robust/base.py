@@ -1,16 +1,15 @@
 """What the robust aggregators share: their call signature, the flat (clients, dim) and
-per-coordinate views of a batch of updates, checks of their options, and the factory
-behind `make_robust` and `fedmeta.federated.attacks.make_attack`.
+per-coordinate views of a batch of updates, and checks of their options (the factory is
+`fedmeta.federated.registry.build`).
 
 An aggregator maps the clients' updates Δ_i = θ_local − θ and their weights to one
 update; it replaces `weighted_mean` and nothing else, so any server strategy is applied
 to its output. Each aggregator is a frozen dataclass whose fields are the
-`federated.<name>` options it takes, checked on construction.
+`federated.robust.<option>` keys it takes, checked on construction.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -76,20 +75,3 @@ def check_positive(field: str, value: Any) -> None:
 def check_non_negative(field: str, value: Any) -> None:
     if not (_is_number(value) and value >= 0):
         raise BadInput(field, value, "a finite number >= 0")
-
-
-def options_of(cls: type) -> tuple[str, ...]:
-    """The keyword options (`federated.<option>` settings) a registered class takes."""
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def make_from(registry: dict[str, type], kind: str, name: str, options: dict[str, Any]) -> Any:
-    """Build `registry[name](**options)`, naming the `federated.*` field of any bad input."""
-    if name not in registry:
-        raise BadInput(f"federated.{kind}", name, "one of " + ", ".join(registry))
-    cls = registry[name]
-    for key, value in options.items():
-        if key not in options_of(cls):
-            takes = ", ".join(options_of(cls)) or "no options"
-            raise BadInput(f"federated.{key}", value, f"not an option of {kind} {name!r}, which takes {takes}")
-    return cls(**options)

@@ -4,7 +4,7 @@ Pillutla, Kakade & Harchaoui, "Robust Aggregation for Federated Learning", IEEE
 Transactions on Signal Processing 70, 2022. Approximately minimises Σ_i w_i ‖x_i − z‖
 by Weiszfeld iterations z ← Σ β_i x_i / Σ β_i with β_i = w_i / max(ν, ‖z − x_i‖),
 starting from the weighted mean and stopping when the objective improves by less than a
-relative 1e-10 (or after `geomed_max_iter` iterations). ν > 0 (`geomed_smoothing`, in the
+relative 1e-10 (or after `geomed_max_iter` iterations). ν > 0 (`federated.robust.geomed_smoothing`, in the
 units of the updates) keeps a step finite when z lands on an update. Breakdown point 1/2
 of the total weight.
 
@@ -28,8 +28,8 @@ class GeometricMedian:
     geomed_max_iter: int = 1000
 
     def __post_init__(self) -> None:
-        check_positive("federated.geomed_smoothing", self.geomed_smoothing)
-        check_count("federated.geomed_max_iter", self.geomed_max_iter, 1)
+        check_positive("federated.robust.geomed_smoothing", self.geomed_smoothing)
+        check_count("federated.robust.geomed_max_iter", self.geomed_max_iter, 1)
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
         x, w = as_rows(updates, weights)  # (clients, dim), (clients,)

@@ -27,7 +27,7 @@ def krum_scores(x: Tensor, byzantine: int) -> Tensor:
     n = x.shape[0]
     if n <= 2 * byzantine + 2:
         bound = f"so f <= {(n - 3) // 2}" if n >= 3 else "and n >= 3 for any f"
-        raise BadInput("federated.byzantine_clients", byzantine,
+        raise BadInput("federated.robust.byzantine_clients", byzantine,
                        f"Krum needs n > 2f + 2 updates per round; this round has n = {n}, {bound}")
     d2 = squared_distances(x @ x.T)  # (clients, clients)
     d2.fill_diagonal_(float("inf"))
@@ -40,9 +40,9 @@ class MultiKrum:
     krum_selected: int | None = None  # m; None means n − f
 
     def __post_init__(self) -> None:
-        check_count("federated.byzantine_clients", self.byzantine_clients, 0)
+        check_count("federated.robust.byzantine_clients", self.byzantine_clients, 0)
         if self.krum_selected is not None:
-            check_count("federated.krum_selected", self.krum_selected, 1)
+            check_count("federated.robust.krum_selected", self.krum_selected, 1)
 
     def select(self, x: Tensor) -> Tensor:
         """Indices of the m lowest-scoring rows of x (clients, dim), best first."""
@@ -50,7 +50,7 @@ class MultiKrum:
         scores = krum_scores(x, f)
         m = n - f if self.krum_selected is None else self.krum_selected
         if m > n - f:
-            raise BadInput("federated.krum_selected", m, f"at most n − f = {n - f} (n = {n} updates, f = {f})")
+            raise BadInput("federated.robust.krum_selected", m, f"at most n − f = {n - f} (n = {n} updates, f = {f})")
         return scores.argsort(stable=True)[:m]
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
@@ -68,7 +68,7 @@ class Krum:
     byzantine_clients: int = 1  # f
 
     def __post_init__(self) -> None:
-        check_count("federated.byzantine_clients", self.byzantine_clients, 0)
+        check_count("federated.robust.byzantine_clients", self.byzantine_clients, 0)
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
         x, _ = as_rows(updates, weights)  # (clients, dim)

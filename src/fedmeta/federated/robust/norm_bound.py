@@ -19,7 +19,7 @@ class NormBound:
     norm_bound: float = 1.0  # M
 
     def __post_init__(self) -> None:
-        check_positive("federated.norm_bound", self.norm_bound)
+        check_positive("federated.robust.norm_bound", self.norm_bound)
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
         return weighted_mean([clip(u, self.norm_bound) for u in updates], weights)

@@ -26,7 +26,7 @@ class TrimmedMean:
     def __post_init__(self) -> None:
         beta = self.trim_fraction
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 0.5:
-            raise BadInput("federated.trim_fraction", beta, "a fraction β with 0 <= β < 0.5, cut from each end")
+            raise BadInput("federated.robust.trim_fraction", beta, "a fraction β with 0 <= β < 0.5, cut from each end")
 
     def __call__(self, updates: list[Params], weights: list[float]) -> Params:
         return coordinatewise(updates, lambda x: trim_mean(x, self.trim_fraction, axis=0))  # x: (clients, *shape)

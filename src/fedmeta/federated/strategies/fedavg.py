@@ -12,10 +12,10 @@ from fedmeta.meta.base import Params
 
 @dataclass
 class FedAvg:
-    server_lr: float = 1.0
+    lr: float = 1.0
 
     def init(self, params: Params) -> State:
         return {}
 
     def apply(self, params: Params, delta: Params, state: State) -> tuple[Params, State]:
-        return {k: params[k] + self.server_lr * delta[k] for k in params}, state
+        return {k: params[k] + self.lr * delta[k] for k in params}, state

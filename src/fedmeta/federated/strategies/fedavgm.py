@@ -14,7 +14,7 @@ from fedmeta.meta.base import Params
 
 @dataclass
 class FedAvgM:
-    server_lr: float = 1.0
+    lr: float = 1.0
     momentum: float = 0.9
 
     def init(self, params: Params) -> State:
@@ -22,4 +22,4 @@ class FedAvgM:
 
     def apply(self, params: Params, delta: Params, state: State) -> tuple[Params, State]:
         v = {k: self.momentum * state["v"][k] + delta[k] for k in params}
-        return {k: params[k] + self.server_lr * v[k] for k in params}, {"v": v}
+        return {k: params[k] + self.lr * v[k] for k in params}, {"v": v}

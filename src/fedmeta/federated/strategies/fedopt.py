@@ -21,7 +21,7 @@ from fedmeta.meta.base import Params
 
 @dataclass
 class FedOpt:
-    server_lr: float = 0.01
+    lr: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
@@ -38,5 +38,5 @@ class FedOpt:
     def apply(self, params: Params, delta: Params, state: State) -> tuple[Params, State]:
         m = {k: self.beta1 * state["m"][k] + (1 - self.beta1) * delta[k] for k in params}
         v = {k: self.second_moment(state["v"][k], delta[k] ** 2) for k in params}
-        new = {k: params[k] + self.server_lr * m[k] / (v[k].sqrt() + self.tau) for k in params}
+        new = {k: params[k] + self.lr * m[k] / (v[k].sqrt() + self.tau) for k in params}
         return new, {"m": m, "v": v}
