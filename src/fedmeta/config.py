@@ -29,6 +29,42 @@ DIGITS_EXAMPLES = sum(DIGITS_CLASS_SIZES)  # 1797 images, which federated digits
 SYNTHETIC_MAX_EXAMPLES = 5000  # the most examples a Synthetic(α, β) client holds (data/federated.py)
 
 
+EXAMPLE_DP_PROCEDURES = ("sgd", "fedprox", "fedmeta")  # example-level DP (federated/private_client.py)
+EXAMPLE_DP_ALGORITHMS = ("fomaml", "reptile", "anil")
+EXAMPLE_DATA = ("digits", "synthetic")  # datasets whose clients hold labelled examples
+
+
+def check_example_dp(
+    procedure: str, algorithm: str, *, data: str = "digits", model: str = "mlp"
+) -> None:
+    """Raise ConfigError unless example-level DP supports this combination of config values
+    (`federated.clients.procedure`, `meta.algorithm`, `data.name`, resolved `model.name`)."""
+    where = "with privacy.dp = 'example'"
+    if procedure not in EXAMPLE_DP_PROCEDURES:
+        raise ConfigError(
+            "federated.clients.procedure", procedure, f"one of {', '.join(EXAMPLE_DP_PROCEDURES)} {where}"
+        )
+    if procedure == "fedmeta" and algorithm not in EXAMPLE_DP_ALGORITHMS:
+        raise ConfigError(
+            "meta.algorithm",
+            algorithm,
+            f"one of {', '.join(EXAMPLE_DP_ALGORITHMS)} {where} "
+            "(second-order meta-gradients mix support examples into every query term, so they cannot be clipped per example)",
+        )
+    if data not in EXAMPLE_DATA:
+        raise ConfigError(
+            "data.name",
+            data,
+            f"one of {', '.join(EXAMPLE_DATA)} {where} (clients must hold examples, not task regions)",
+        )
+    if model == "conv4":
+        raise ConfigError(
+            "model.name",
+            model,
+            f"'mlp' {where} (Conv4's batch norm cannot be computed per example)",
+        )
+
+
 class Section(BaseModel):
     """Strict (a TOML string or boolean never becomes a number, 3.0 never an integer) and
     finite: no setting takes inf or nan."""
@@ -281,8 +317,6 @@ class Config(Section):
         if dp.clipping == "adaptive" and dp.dp not in ("central", "local"):
             raise ConfigError("privacy.clipping", "adaptive", "'fixed' unless privacy.dp is 'central' or 'local' (client-level)")
         if dp.dp == "example" and fed is not None:
-            from fedmeta.federated.private_client import check_example_dp
-
             check_example_dp(fed.clients.procedure, self.meta.algorithm, data=self.data.name, model=self.model_name)
         if dp.clipping == "adaptive" and dp.noise_multiplier > 0 and 2 * self.clip_count_stddev <= dp.noise_multiplier:
             raise ConfigError("privacy.clip_count_stddev", self.clip_count_stddev,

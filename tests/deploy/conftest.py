@@ -3,17 +3,12 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import Config, sectioned
-from fedmeta.deploy.flower import (
-    QUERY,
-    TRAIN,
-    FlowerTransport,
-    client_query,
-    client_secagg,
-    client_train,
-)
+from fedmeta.deploy.clientapp import ClientHandlers
+from fedmeta.deploy.messages import QUERY, TRAIN
 from fedmeta.deploy.secagg import MASKED_INPUT, SHARE_KEYS, UNMASK
+from fedmeta.deploy.transport import FlowerTransport
 from fedmeta.federated.runtime import Runtime
-from fedmeta.federated.transport import Broadcast, Replies
+from fedmeta.federated.transport import Replies
 from fedmeta.ledger import keys
 
 
@@ -38,9 +33,11 @@ class LoopbackGrid:
     """A Grid that hands each message to the ClientApp handlers in this process, as a
     supernode with `partition-id = i` would; a handler's exception becomes an error reply."""
 
-    def __init__(self, n: int, node_config: dict | None = None, silent: dict[str, set[int]] | None = None):
-        """`silent[kind]`: partition ids that never answer messages of that kind (dropouts)."""
-        self.silent = silent or {}
+    def __init__(self, n: int, node_config: dict | None = None, silent: dict[str, set[int]] | None = None,
+                 client: ClientHandlers | None = None):
+        """`silent[kind]`: partition ids that never answer messages of that kind (dropouts);
+        `client`: the ClientApp's handlers (default: the stock `client_app`'s)."""
+        self.silent, self.client = silent or {}, client or ClientHandlers()
         self.contexts = {
             100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config={},
                              node_config={"partition-id": i, "num-partitions": n, **(node_config or {})})
@@ -53,7 +50,8 @@ class LoopbackGrid:
         return list(self.contexts)
 
     def send_and_receive(self, messages, *, timeout=None):
-        handlers = {TRAIN: client_train, QUERY: client_query, **dict.fromkeys((SHARE_KEYS, MASKED_INPUT, UNMASK), client_secagg)}
+        c = self.client
+        handlers = {TRAIN: c.train, QUERY: c.query, **dict.fromkeys((SHARE_KEYS, MASKED_INPUT, UNMASK), c.secagg)}
         out = []
         for m in messages:
             self.sent.append(m)
@@ -97,12 +95,7 @@ def exchange():
     transport, as a round sends them, and the replies; nothing is admitted or aggregated."""
 
     def send(runtime: Runtime, round_: int, attempt: int = 0) -> Replies:
-        server = runtime.server
-        gen = server.generator(round_, attempt)
-        sampled = server.sampler.sample(gen)
-        broadcast = Broadcast(server.params, server.clip_norm, runtime.run_id, gen, server.aggregation,
-                              lambda c, data, signed: server.admission.check_signature(round_, attempt, c, data, signed))
-        return runtime.transport.exchange(round_, attempt, sampled, broadcast)
+        return runtime.exchange(round_, attempt)
 
     return send
 

@@ -42,8 +42,8 @@ def test_app_folder_names_the_apps_and_the_run(config, tmp_path):
     assert main(["deploy", "app", str(tmp_path / "cfg.toml"), "--set", "federated.rounds=4", "--dir", str(tmp_path / "app"),
                  "--out", str(tmp_path / "run")]) == 0
     project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert project["components"] == {"serverapp": "fedmeta.deploy.flower:server_app",
-                                     "clientapp": "fedmeta.deploy.flower:client_app"}
+    assert project["components"] == {"serverapp": "fedmeta.deploy.serverapp:server_app",
+                                     "clientapp": "fedmeta.deploy.clientapp:client_app"}
     assert project["config"]["out"] == str(tmp_path / "run")
     assert tomllib.loads((tmp_path / "app" / "config.toml").read_text())["federated"]["rounds"] == 4
 

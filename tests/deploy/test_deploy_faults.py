@@ -7,8 +7,8 @@ import json
 import pytest
 from flwr.app import Error, Message
 
-from fedmeta.deploy.flower import TRAIN
 from fedmeta.deploy.launch import read_failure, write_failure
+from fedmeta.deploy.messages import TRAIN
 from fedmeta.errors import BadInput, ConfigError, FedmetaError
 from fedmeta.federated.driver import run_federated
 from fedmeta.rundir import RunDir
@@ -103,7 +103,7 @@ def test_the_server_apps_failure_is_reported_as_itself(tmp_path, err, kind, line
 def test_the_server_app_writes_its_failure_for_the_launcher(config, grid_factory, tmp_path, run_config, kind, line):
     from flwr.app import Context, RecordDict
 
-    from fedmeta.deploy.flower import server_main
+    from fedmeta.deploy.serverapp import server_main
 
     (tmp_path / "cfg.toml").write_text(config().to_toml())
     rc = {"config": str(tmp_path / "cfg.toml"), "out": str(tmp_path / "run"), "error-file": str(tmp_path / "error.json"),

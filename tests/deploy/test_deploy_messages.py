@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fedmeta.deploy.flower import check_deployable, read_reply
+from fedmeta.deploy.messages import check_deployable, read_reply
 from fedmeta.errors import ConfigError, FedmetaError
 from fedmeta.federated.driver import run_federated
 from fedmeta.federated.runtime import Runtime
@@ -125,7 +125,7 @@ def test_a_wrong_partition_count_is_refused_at_registration(config, grid_factory
 def test_server_app_entry_writes_a_complete_run_folder(config, grid_factory, tmp_path):
     from flwr.app import Context, RecordDict
 
-    from fedmeta.deploy.flower import server_main
+    from fedmeta.deploy.serverapp import server_main
 
     cfg = config("sinusoid", rounds=1)
     (tmp_path / "cfg.toml").write_text(cfg.to_toml())

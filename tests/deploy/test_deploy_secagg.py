@@ -8,7 +8,8 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from fedmeta.deploy.flower import HEADER, PARAMS, TRAIN, client_update, read_reply
+from fedmeta.deploy.clientapp import client_update
+from fedmeta.deploy.messages import HEADER, PARAMS, TRAIN, read_reply
 from fedmeta.deploy.secagg import MASKED_INPUT, SECAGG, SHARE_KEYS, UNMASK
 from fedmeta.errors import FedmetaError
 from fedmeta.federated.aggregation import build_aggregation

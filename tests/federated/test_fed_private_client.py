@@ -14,12 +14,13 @@ from scipy import stats
 from torch.func import functional_call
 
 import fedmeta.privacy.dpsgd as dpsgd
+from fedmeta.config import check_example_dp
 from fedmeta.data.base import TaskBatch
 from fedmeta.data.federated import ExampleClient, WeightedTasks
 from fedmeta.data.sinusoid import Sinusoid
 from fedmeta.errors import ConfigError
 from fedmeta.federated.client import LocalSGD
-from fedmeta.federated.private_client import PrivateLocal, Sample, check_example_dp
+from fedmeta.federated.private_client import PrivateLocal, Sample
 from fedmeta.meta import ANIL, FOMAML, MAML, MetaSGD, Reptile
 from fedmeta.models import MLP, Conv4, parameters_of
 from fedmeta.privacy.accountant import Accountant

@@ -231,7 +231,7 @@ def run_case(name: str, folder: Path) -> dict[str, Any]:
             cfg = Config.model_validate(raw)
             run = RunDir.create(folder / "run", cfg)
             if spec["deploy"]:
-                from fedmeta.deploy.flower import FlowerTransport
+                from fedmeta.deploy.transport import FlowerTransport
 
                 grid = loopback_grid(spec["deploy"])
                 if spec["signed"]:

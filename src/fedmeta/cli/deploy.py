@@ -26,7 +26,7 @@ AllowRemote = Annotated[bool, typer.Option(
 
 
 def _config(config: Path | None, set_: list[str] | None, data_dir: str | None):
-    from fedmeta.deploy.flower import check_deployable
+    from fedmeta.deploy.messages import check_deployable
 
     cfg = load_config(config, list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else []))
     check_deployable(cfg)

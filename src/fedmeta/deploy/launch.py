@@ -2,7 +2,7 @@
 federation (one superlink, N supernodes, `flwr run`) that is always torn down.
 
 - `write_app`: the Flower app folder `flwr run` ships to the superlink: a pyproject.toml
-  naming `fedmeta.deploy.flower:server_app` / `client_app` and the run config (config
+  naming `fedmeta.deploy.serverapp:server_app` / `fedmeta.deploy.clientapp:client_app` and the run config (config
   path, run folder, deadlines). The code itself is the installed `fedmeta` package, so
   the superlink and supernodes run with `--disable-runtime-dependency-installation`.
 - `superlink_command` / `supernode_command`: TLS certificates are passed through to
@@ -66,7 +66,7 @@ def write_app(folder: Path, run_config: dict[str, Any]) -> Path:
         "[tool.hatch.build.targets.wheel]", 'packages = ["."]', "",
         "[tool.flwr.app]", 'publisher = "fedmeta"', "",
         "[tool.flwr.app.components]",
-        'serverapp = "fedmeta.deploy.flower:server_app"', 'clientapp = "fedmeta.deploy.flower:client_app"', "",
+        'serverapp = "fedmeta.deploy.serverapp:server_app"', 'clientapp = "fedmeta.deploy.clientapp:client_app"', "",
         "[tool.flwr.app.config]", *(f"{k} = {_toml(v)}" for k, v in run_config.items()),
     ]
     (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedmeta.config import EXAMPLE_DATA, EXAMPLE_DP_ALGORITHMS
 from fedmeta.data.base import Kind
 from fedmeta.data.federated import ExampleClient
 from fedmeta.errors import BadInput, ConfigError
@@ -59,41 +60,7 @@ from fedmeta.privacy.accountant import same_sample_noise_multiplier
 from fedmeta.privacy.dpsgd import LossFn, poisson_sample, private_grad
 from fedmeta.privacy.noise import secure_rng
 
-PROCEDURES = ("sgd", "fedprox", "fedmeta")
-EXAMPLE_DP_ALGORITHMS = ("fomaml", "reptile", "anil")
-EXAMPLE_DATA = ("digits", "synthetic")  # datasets whose clients hold labelled examples
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-def check_example_dp(
-    procedure: str, algorithm: str, *, data: str = "digits", model: str = "mlp"
-) -> None:
-    """Raise ConfigError unless example-level DP supports this combination of config values
-    (`federated.clients.procedure`, `meta.algorithm`, `data.name`, resolved `model.name`)."""
-    where = "with privacy.dp = 'example'"
-    if procedure not in PROCEDURES:
-        raise ConfigError(
-            "federated.clients.procedure", procedure, f"one of {', '.join(PROCEDURES)} {where}"
-        )
-    if procedure == "fedmeta" and algorithm not in EXAMPLE_DP_ALGORITHMS:
-        raise ConfigError(
-            "meta.algorithm",
-            algorithm,
-            f"one of {', '.join(EXAMPLE_DP_ALGORITHMS)} {where} "
-            "(second-order meta-gradients mix support examples into every query term, so they cannot be clipped per example)",
-        )
-    if data not in EXAMPLE_DATA:
-        raise ConfigError(
-            "data.name",
-            data,
-            f"one of {', '.join(EXAMPLE_DATA)} {where} (clients must hold examples, not task regions)",
-        )
-    if model == "conv4":
-        raise ConfigError(
-            "model.name",
-            model,
-            f"'mlp' {where} (Conv4's batch norm cannot be computed per example)",
-        )
 
 
 @dataclass(frozen=True)

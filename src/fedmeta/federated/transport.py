@@ -1,7 +1,7 @@
 """How a round reaches the clients and their updates come back: one small interface,
 `Transport.exchange(round, attempt, sampled, broadcast) -> Replies`, with two
 implementations — in-process clients (`inprocess.py`, vmapped or looped) and Flower
-supernodes (`fedmeta.deploy.flower`). Everything before (sampling) and after (admission,
+supernodes (`fedmeta.deploy.transport`). Everything before (sampling) and after (admission,
 aggregation, strategy, accountant, ledger) is the same code for both.
 """
 

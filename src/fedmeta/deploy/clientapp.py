@@ -1,0 +1,156 @@
+"""The data owner's side of a deployment: a Flower `ClientApp` that builds the run's client
+side (`ClientSide`: data, model, local procedure, the client steps) from the config the
+server sends, and answers each round with the same pipeline as in-process clients.
+
+A client picks its own client id (`partition-id` of its supernode's `node_config`), draws
+its episodes from its own stream (seed, round, attempt, client), and keeps its steps'
+state (a top-k residual) in the node's Flower context. Seeded noise is per (round,
+client) in both runtimes, so example-level DP runs with a fixed seed give the same
+parameters deployed and in-process; other procedures draw the same client sample but
+different episodes (in-process draws all clients' episodes from one round stream).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmeta.config import Config, load_config
+from fedmeta.deploy import secagg
+from fedmeta.deploy.messages import HEADER, PARAMS, STEP_STATE, check_deployable, train_reply
+from fedmeta.deploy.secagg import MASKED_INPUT, PAYLOAD, PROTOCOL, SHARE_KEYS, UNMASK
+from fedmeta.errors import ConfigError
+from fedmeta.federated.client_steps import ClientStep, Upload
+from fedmeta.federated.client_steps import Context as StepContext
+from fedmeta.federated.runtime import ClientSide
+from fedmeta.federated.sampling import CLIENT, generator
+from fedmeta.federated.transport import Reply
+from fedmeta.federated.validation import check_update
+from fedmeta.ledger.commitments import sign_update
+from fedmeta.ledger.keys import load_private_key
+from fedmeta.params import Params
+from fedmeta.privacy.noise import rng_for
+from fedmeta.threads import use_threads
+
+_clients: dict[tuple, tuple[Config, ClientSide]] = {}  # one entry: the config (and steps) this process serves
+
+
+def without_data_dir(cfg: Config) -> Config:
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": None})})
+
+
+def client_side(cfg_toml: str, node_config: dict[str, Any],
+                steps: dict[str, ClientStep] | None = None) -> tuple[Config, ClientSide, int]:
+    """This supernode's config, clients' side (the config's steps, the app's extra `steps`
+    and its own data) and client id. An owner that pinned its own copy of the config
+    (node_config `config`, a TOML path) refuses any other config from the server (its data
+    folder aside)."""
+    try:
+        cid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except (KeyError, ValueError):
+        raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>") from None
+    data_dir, pinned = str(node_config.get("data-dir", "")), str(node_config.get("config", ""))
+    key = (cfg_toml, data_dir, pinned, tuple((name, id(step)) for name, step in (steps or {}).items()))
+    if key not in _clients:
+        import tomllib
+
+        cfg = Config.model_validate(tomllib.loads(cfg_toml))
+        if pinned and without_data_dir(load_config(pinned, check_paths=False)) != without_data_dir(cfg):
+            raise ConfigError("config", str(pinned), "the same config as the server's (this client pinned its own copy)")
+        if data_dir:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": data_dir})})
+        check_deployable(cfg)
+        _clients.clear()
+        _clients[key] = cfg, ClientSide.from_config(cfg, steps)
+    cfg, side = _clients[key]
+    n = len(side.data.train)
+    if parts != n or not 0 <= cid < n:
+        raise ConfigError("node_config", f"partition-id={cid} num-partitions={parts}",
+                          f"num-partitions = federated.n_clients = {n}, 0 <= partition-id < {n}")
+    return cfg, side, cid
+
+
+def client_key_path(cfg: Config, node_config: dict[str, Any], cid: int) -> Path | None:
+    """The client's Ed25519 key file: node_config `key` (a PEM path), else `<ledger.client_keys>/<id>.pem`."""
+    path = node_config.get("key") or (Path(cfg.ledger.client_keys) / f"{cid}.pem" if cfg.ledger.client_keys else None)
+    return None if path is None or not Path(path).is_file() else Path(path)
+
+
+def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any], state: RecordDict,
+                  protocol: dict[str, Any] | None = None, steps: dict[str, ClientStep] | None = None) -> RecordDict:
+    """One client's round: local procedure → the client steps (privatize, compress, sign).
+    `state` is the node's Flower context state, which keeps the steps' state between rounds.
+    With `protocol` (secure aggregation's public parameters) the update stays on the node
+    and the reply carries the client's AdvertiseKeys instead (secagg.py)."""
+    cfg, side, cid = client_side(str(header["config"]), node_config, steps)
+    if int(header["client"]) != cid:
+        raise ConfigError("partition-id", cid, f"the client the server addressed ({header['client']})")
+    r, attempt = int(header["round"]), int(header["attempt"])
+    use_threads(cfg, side.training.batching)  # the in-process rule: same thread count, same float rounding
+    gen, seed = generator(cfg.run.seed, r, attempt, CLIENT + cid), cfg.privacy.noise_seed
+    delta = side.training.deltas([cid], params, gen, lambda c: None if seed is None else rng_for(seed, r, c + 1))[cid]
+    if isinstance(delta, Exception):
+        raise delta
+    key = client_key_path(cfg, node_config, cid)
+    pipeline = side.pipeline(cfg, lambda _: key)
+    if protocol is not None:  # the masked input is signed instead, in its own phase
+        pipeline = pipeline.without("sign")
+    states = {n: state[STEP_STATE + n].to_torch_state_dict() for n in pipeline.steps if STEP_STATE + n in state}
+    ctx = StepContext(params, r, attempt, gen, lambda c: rng_for(seed, r, c + 1), float(header["clip_norm"]),
+                      str(header["run_id"]))
+    upload, states = pipeline(Upload(cid, delta), states, ctx)
+    for name, value in states.items():
+        if isinstance(value, dict):
+            state[STEP_STATE + name] = ArrayRecord(torch_state_dict=value)
+    weight = float(getattr(side.data.train[cid], "n_examples", 1))
+    if protocol is not None:
+        update = check_update(str(cid), upload.data, params)  # the client's own check: nobody else sees Δ
+        row = update if side.client_dp is None else side.client_dp.row(update, upload.report)
+        advert = secagg.start(state, protocol, cid, row, {"round": r, "attempt": attempt, "key": str(key or "")})
+        return train_reply(cid, Reply(advert, weight))
+    return train_reply(cid, Reply(upload.data, weight, upload.report, upload.signed))
+
+
+class ClientHandlers:
+    """The ClientApp's message handlers; `steps`: extra client steps (as given to `Runtime`)."""
+
+    def __init__(self, steps: dict[str, ClientStep] | None = None):
+        self.steps = dict(steps or {})
+
+    def train(self, msg: Message, context: Context) -> Message:
+        params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
+        protocol = dict(msg.content[PROTOCOL]) if PROTOCOL in msg.content else None
+        reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state, protocol,
+                              self.steps)
+        return Message(reply, reply_to=msg)
+
+    def secagg(self, msg: Message, context: Context) -> Message:
+        """Secure aggregation's phases 1-3 on the node; the masked input is signed like an update."""
+        kind, mine = msg.metadata.message_type, context.state.get(secagg.SECAGG)
+        data = secagg.step(kind, context.state, msg.content)
+        signed = None
+        if kind == MASKED_INPUT and (run_id := str(msg.content[PAYLOAD].get("run_id", ""))) and str(mine["key"]):
+            key = load_private_key(Path(str(mine["key"])))
+            signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data, int(mine["attempt"]))
+        return Message(train_reply(int(mine["client"]), Reply(data, 0.0, 0.0, signed)), reply_to=msg)
+
+    def query(self, msg: Message, context: Context) -> Message:
+        _, _, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps)
+        return Message(RecordDict({HEADER: ConfigRecord({"client": cid})}), reply_to=msg)
+
+
+def make_client_app(steps: dict[str, ClientStep] | None = None) -> ClientApp:
+    """A ClientApp whose clients also run `steps` (a module of the owner's, named in its
+    pyproject's `clientapp`); `client_app` is the one without extra steps."""
+    handlers, app = ClientHandlers(steps), ClientApp()
+    app.train()(handlers.train)
+    for kind in (SHARE_KEYS, MASKED_INPUT, UNMASK):
+        app.train(kind.split(".")[1])(handlers.secagg)
+    app.query()(handlers.query)
+    return app
+
+
+client_app = make_client_app()

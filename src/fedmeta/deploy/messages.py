@@ -1,0 +1,61 @@
+"""The messages of a deployed round, as plain values <-> Flower records, and which configs a
+deployment can carry (docs/deployment.md).
+
+  server -> client `train`: ArrayRecord of the global parameters, and a header with the
+    resolved config (TOML), round, attempt, client id, run id and the round's clip norm;
+  client -> server: one ConfigRecord with the client id, the bytes sent (encoded update or
+    secure aggregation's protocol message), weight, adaptive clipping's report and the
+    signature's fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from fedmeta.config import Config
+from fedmeta.errors import ConfigError
+from fedmeta.federated.transport import Broadcast, Reply
+from fedmeta.ledger.commitments import SignedUpdate
+
+TRAIN, QUERY = "train", "query"
+HEADER, PARAMS, UPDATE = "header", "params", "update"
+STEP_STATE = "fedmeta.step."  # + a client step's name: its state (e.g. the top-k residual) in the node's context
+
+
+
+def check_deployable(cfg: Config) -> None:
+    """Raise ConfigError for the options this runtime does not carry over the wire."""
+    fed, dp = cfg.federated, cfg.privacy
+    if fed is None:
+        raise ConfigError("federated", None, "a [federated] section (deployment runs are federated)")
+    if dp.secure_aggregation == "ckks":
+        raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation,
+                          "'off', 'secagg' or 'secagg+' with fedmeta deploy (CKKS sums are not carried over Flower yet)")
+    if fed.attack.name != "none":
+        raise ConfigError("federated.attack.name", fed.attack.name, "'none' with fedmeta deploy (attacks are simulated in-process only)")
+    for name in ("dropout_rate", "straggler_rate"):
+        if getattr(fed.clients, name) > 0:
+            raise ConfigError(f"federated.clients.{name}", getattr(fed.clients, name), "0 with fedmeta deploy (real clients drop out on their own)")
+
+
+# -- the wire: plain values <-> Flower records ----------------------------------------------
+def train_request(cfg_toml: str, b: Broadcast, round_: int, attempt: int, cid: int) -> RecordDict:
+    header = {"config": cfg_toml, "round": round_, "attempt": attempt, "client": cid, "run_id": b.run_id,
+              "clip_norm": b.clip_norm}
+    return RecordDict({HEADER: ConfigRecord(header), PARAMS: ArrayRecord(torch_state_dict=b.params)})
+
+
+def train_reply(cid: int, reply: Reply) -> RecordDict:
+    body: dict[str, Any] = {"client": cid, "data": reply.data, "weight": reply.weight, "report": reply.report}
+    if reply.signed is not None:
+        body.update({f"signed.{k}": v for k, v in reply.signed.to_dict().items()})
+    return RecordDict({UPDATE: ConfigRecord(body)})
+
+
+def read_reply(content: RecordDict) -> tuple[int, Reply]:
+    body = content[UPDATE]
+    fields = {k.removeprefix("signed."): v for k, v in body.items() if k.startswith("signed.")}
+    signed = SignedUpdate.from_dict(fields) if fields else None
+    return int(body["client"]), Reply(bytes(body["data"]), float(body["weight"]), float(body["report"]), signed)

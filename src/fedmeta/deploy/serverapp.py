@@ -1,0 +1,59 @@
+"""The server's side of a deployment: a Flower `ServerApp` that runs the in-process runtime
+with the Flower transport (`transport.py`) and writes the same run folder as `fedmeta run`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedmeta.config import load_config
+from fedmeta.deploy.transport import FlowerTransport
+from fedmeta.errors import ConfigError
+from fedmeta.federated.driver import run_federated
+from fedmeta.federated.runtime import Runtime
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """Run config keys: `config` (resolved TOML path), `out` (run folder), `min-nodes`,
+    `wait` (s to wait for supernodes), `deadline` (s per round), `resume` (bool)."""
+    from fedmeta.deploy.launch import ERROR_FILE, write_failure
+
+    rc = context.run_config
+    try:
+        serve(grid, rc)
+    except Exception as err:  # the launcher (`fedmeta deploy local`) prints it; Flower's log has the traceback
+        if str(rc.get(ERROR_FILE, "")):
+            write_failure(Path(str(rc[ERROR_FILE])), err)
+        raise
+
+
+def serve(grid: Grid, rc: Any) -> None:
+    """The ServerApp's work, from its run config (`server_main`)."""
+    from fedmeta.deploy.launch import check_seconds
+    from fedmeta.report import write_report
+    from fedmeta.rundir import RunDir
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP notes
+    out, config = Path(str(rc["out"])), Path(str(rc["config"]))
+    resume = bool(rc.get("resume", False))
+    wait = check_seconds("wait", float(rc.get("wait", 300)))
+    deadline = check_seconds("deadline", float(rc.get("deadline", 3600)))
+    if resume or (out / "config.toml").resolve() == config.resolve():  # resumed, or made by the launcher
+        run, cfg = RunDir.open(out, lock=True)  # the one writer while the launcher waits
+    else:
+        cfg = load_config(config)
+        run = RunDir.create(out, cfg)
+    min_nodes = int(rc.get("min-nodes", cfg.federated.min_clients))
+    if not 1 <= min_nodes <= cfg.federated.n_clients:
+        raise ConfigError("min-nodes", min_nodes, f"1 to federated.n_clients = {cfg.federated.n_clients}")
+    runtime = Runtime(cfg, lambda _: FlowerTransport(cfg, grid, min_nodes=min_nodes, wait=wait, deadline=deadline))
+    run_federated(cfg, run, resume=resume, show_progress=False, runtime=runtime)
+    write_report(run.path)

@@ -1,0 +1,171 @@
+"""The runtime's transport over Flower (flwr ≥ 1.41, Message API): the server's side of a
+deployed round. Sampling, admission, aggregation, the strategy, the accountant and the
+ledger are the runtime's own (docs/architecture.md); this file only moves messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedmeta.config import Config
+from fedmeta.deploy import secagg
+from fedmeta.deploy.messages import (
+    HEADER,
+    QUERY,
+    TRAIN,
+    check_deployable,
+    read_reply,
+    train_request,
+)
+from fedmeta.deploy.secagg import MASKED_INPUT, PROTOCOL, SHARE_KEYS, UNMASK
+from fedmeta.errors import FedmetaError
+from fedmeta.federated.secure import GRAPHS, threshold_for
+from fedmeta.federated.transport import Broadcast, Replies, Reply, Summed
+from fedmeta.params import unflatten
+from fedmeta.privacy.secagg.protocol import SecAggAbort, SecAggConfig, SecAggServer
+
+log = logging.getLogger("fedmeta.deploy")
+
+
+class FlowerTransport:
+    """The runtime's transport over a Flower `Grid`: each sampled client with a supernode gets
+    ONE `train` message (global parameters + round header) and sends ONE reply (its update
+    from the shared client pipeline); with secure aggregation, four exchanges drive the
+    protocol and the server learns the sum only. Clients sign on their own machines."""
+
+    def __init__(self, cfg: Config, grid: Grid, *, min_nodes: int, wait: float = 300.0, deadline: float = 3600.0):
+        check_deployable(cfg)
+        self.grid, self.deadline, self.toml = grid, deadline, cfg.to_toml()
+        self.neighbourhood = cfg.privacy.secure_aggregation
+        self.signs = bool(cfg.ledger.participants)
+        self.nodes = self.register(min_nodes, wait)  # client id -> node id
+
+    def register(self, min_nodes: int, wait: float) -> dict[int, int]:
+        """Wait for `min_nodes` supernodes, then ask each which client it is (one exchange)."""
+        stop = time.monotonic() + wait
+        while len(ids := list(self.grid.get_node_ids())) < min_nodes:
+            if time.monotonic() > stop:
+                raise FedmetaError(f"{len(ids)} of {min_nodes} supernodes connected after {wait:.0f} s")
+            time.sleep(1.0)
+        header = ConfigRecord({"config": self.toml})
+        asks = [Message(RecordDict({HEADER: header}), dst_node_id=n, message_type=QUERY) for n in ids]
+        nodes: dict[int, int] = {}
+        refused: dict[int, str] = {}
+        received = self.grid.send_and_receive(asks, timeout=wait)
+        by_message = {m.metadata.message_id: m.metadata.dst_node_id for m in asks if m.metadata.message_id}
+        for reply in received:
+            node = by_message.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error():
+                refused[node] = reply.error.reason
+                log.warning("supernode %d refused to join: %s", node, reply.error.reason)
+                continue
+            cid = int(reply.content[HEADER]["client"])
+            if cid in nodes:
+                raise FedmetaError(f"supernodes {nodes[cid]} and {node} both hold client {cid} (partition-id)")
+            nodes[cid] = node
+        if not nodes:  # nothing to train with: say why, rather than fail every round
+            why = "; ".join(f"supernode {n}: {r}" for n, r in sorted(refused.items())) or f"no answer in {wait:.0f} s"
+            raise FedmetaError(f"no supernode joined the run ({len(ids)} asked): {why}")
+        log.info("clients on supernodes: %s", dict(sorted(nodes.items())))
+        return nodes
+
+    def exchange(self, round_: int, attempt: int, sampled: list[int], b: Broadcast) -> Replies:
+        out = Replies(sampled, attempt, dropped={c: "no supernode holds this client" for c in sampled if c not in self.nodes})
+        clients = [c for c in sampled if c in self.nodes]
+        asks = {c: train_request(self.toml, b, round_, attempt, c) for c in clients}
+        if self.neighbourhood in GRAPHS:
+            return self.exchange_secure(round_, attempt, clients, asks, b, out)
+        for cid, content in self.send(TRAIN, asks, f"{round_}.{attempt}", out.dropped).items():
+            out.replies[cid] = read_reply(content)[1]
+        return out
+
+    def send(self, kind: str, asks: dict[int, RecordDict], group: str, dropped: dict[int, str]) -> dict[int, RecordDict]:
+        """Send each client its message, return the replies by client; a client whose
+        ClientApp raised, whose supernode is gone (the superlink answers for it) or that
+        missed the deadline goes to `dropped`. A reply is matched to its client by the
+        message it answers, else by its sender; one that matches no client asked here is
+        ignored."""
+        sent = {c: Message(body, dst_node_id=self.nodes[c], message_type=kind, group_id=group) for c, body in asks.items()}
+        client_of = {n: c for c, n in self.nodes.items() if c in asks}
+        replies: dict[int, RecordDict] = {}
+        answered: set[int] = set()
+        received = self.grid.send_and_receive(list(sent.values()), timeout=self.deadline)
+        by_message = {m.metadata.message_id: c for c, m in sent.items() if m.metadata.message_id}
+        for reply in received:
+            meta = reply.metadata
+            cid = by_message.get(meta.reply_to_message_id, client_of.get(meta.src_node_id))
+            if cid is None or cid in answered:
+                log.warning("round %s: ignoring a %s reply from node %s that answers no open request", group, kind,
+                            meta.src_node_id)
+                continue
+            answered.add(cid)
+            if reply.has_error():
+                dropped[cid] = f"failed: {reply.error.reason}"
+                log.warning("round %s: client %d failed in %s: %s", group, cid, kind, reply.error.reason)
+                continue
+            replies[cid] = reply.content
+        for c in asks:
+            if c not in replies and c not in dropped:
+                dropped[c] = f"straggler: no {kind} reply before the round deadline"
+        return replies
+
+    # -- secure aggregation: four exchanges, the server learns the sum only -------------------
+    def exchange_secure(self, round_: int, attempt: int, clients: list[int], asks: dict[int, RecordDict],
+                        b: Broadcast, out: Replies) -> Replies:
+        """Drive `SecAggServer` over the four exchanges (secagg.py); a client silent in a
+        phase is dropped from it on; below threshold the protocol aborts (no sum)."""
+        out.summed, group = Summed(None, 0.0, frozenset()), f"{round_}.{attempt}"
+        if not clients:
+            return out
+        template = secagg.in_order(b.aggregation.row(b.params, 0.0))
+        config = SecAggConfig(clients=tuple(clients), threshold=threshold_for(len(clients)),
+                              dim=sum(t.numel() for t in template.values()) + 1, clip=b.aggregation.clip(),
+                              neighbourhood=GRAPHS[self.neighbourhood], session=secrets.token_bytes(16))
+        header, server = secagg.config_header(config, group), SecAggServer(config)
+        costs = out.costs = {"secagg_bytes_up": [0] * 4, "secagg_bytes_down": [0] * 4, "secagg_exchange_seconds": [0.0] * 4}
+
+        def run(phase: int, kind: str, to: dict[int, bytes], extra: dict[int, dict[str, Any]] | None = None) -> dict[int, Reply]:
+            start = time.perf_counter()
+            if phase == 0:
+                for body in asks.values():
+                    body[PROTOCOL] = ConfigRecord(header)
+                requests = asks
+            else:
+                requests = {c: secagg.request(header, m, **(extra or {}).get(c, {})) for c, m in to.items()}
+            replies = {c: read_reply(r)[1] for c, r in self.send(kind, requests, group, out.dropped).items()}
+            costs["secagg_exchange_seconds"][phase] = round(time.perf_counter() - start, 3)
+            costs["secagg_bytes_down"][phase] = sum(len(m) for m in to.values())
+            costs["secagg_bytes_up"][phase] = sum(len(r.data) for r in replies.values())
+            return replies
+
+        try:
+            adverts = run(0, TRAIN, {})
+            weights = {c: r.weight for c, r in adverts.items()}
+            shares = run(1, SHARE_KEYS, server.collect_keys({c: r.data for c, r in adverts.items()}))
+            to = server.collect_shares({c: r.data for c, r in shares.items()})
+            live = [c for c in weights if c in to]
+            scaled = dict(zip(live, b.aggregation.weights([weights[c] for c in live]), strict=True))
+            masked = run(2, MASKED_INPUT, to, {c: {"weight": scaled[c], "run_id": b.run_id} for c in to})
+            accepted = {}
+            for c, reply in masked.items():
+                out.replies[c] = reply
+                if (refusal := b.check_signature(c, reply.data, reply.signed)) is not None:  # dropped from the sum
+                    out.refused[c] = refusal
+                    continue
+                accepted[c] = reply.data
+            to = server.collect_masked(accepted)
+            total = server.unmask({c: r.data for c, r in run(3, UNMASK, to).items()})  # (dim,)
+        except SecAggAbort as err:
+            log.warning("round %d attempt %d: %s", round_, attempt, err)
+            for c in clients:
+                out.dropped.setdefault(c, f"secure aggregation aborted: {err}")
+            return out
+        out.summed = Summed(unflatten(total[:-1], template), float(total[-1]), server.survivors)
+        costs.update(secagg_server_seconds=round(server.stats.total_seconds, 4), secagg_included=len(server.survivors))
+        return out
