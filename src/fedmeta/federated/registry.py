@@ -7,7 +7,7 @@ options it takes, named like the keys of its config section (`FedAvgM.momentum` 
 `federated.server.momentum`), and `build(registry, name, section)` passes it the ones it
 declares. Adding a rule or a strategy is one file with its class, one line in its
 registry and, if it takes an option no other class does, that key in the section
-(`src/fedmeta/config.py`).
+(`src/fedmeta/config/sections.py`).
 """
 
 from __future__ import annotations
