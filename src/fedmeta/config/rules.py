@@ -15,7 +15,7 @@ DIGITS_EXAMPLES = sum(DIGITS_CLASS_SIZES)  # 1797 images, which federated digits
 SYNTHETIC_MAX_EXAMPLES = 5000  # the most examples a Synthetic(α, β) client holds (data/federated.py)
 EXAMPLE_DP_PROCEDURES = ("sgd", "fedprox", "fedmeta")  # example-level DP (federated/private_client.py)
 EXAMPLE_DP_ALGORITHMS = ("fomaml", "reptile", "anil")
-EXAMPLE_DATA = ("digits", "synthetic")  # datasets whose clients hold labelled examples
+EXAMPLE_DATA = ("digits", "synthetic", "table")  # datasets whose clients hold labelled examples
 
 def check_example_dp(
     procedure: str, algorithm: str, *, data: str = "digits", model: str = "mlp"
@@ -49,6 +49,7 @@ def check_example_dp(
 
 
 _EPISODE_KEYS = ("n_way", "rotations", "test_classes", "test_alphabets")
+_TABLE_KEYS = ("path", "client_column", "label_column", "task", "features", "missing", "held_out")
 _DATA_USES = {
     ("sinusoid", False): set(),
     ("digits", False): {"n_way", "test_classes"},
@@ -56,12 +57,13 @@ _DATA_USES = {
     ("sinusoid", True): set(),
     ("digits", True): set(),
     ("synthetic", True): set(),
+    ("table", True): set(_TABLE_KEYS),
     ("omniglot", True): {"n_way", "rotations", "test_alphabets"},
 }
 _PARTITION_USES = {  # keys of [federated.partition] that only some datasets read
-    "support_size": {"digits", "synthetic"},
-    "query_size": {"digits", "synthetic"},
-    "scheme": {"digits"},
+    "support_size": {"digits", "synthetic", "table"},
+    "query_size": {"digits", "synthetic", "table"},
+    "scheme": {"digits", "table"},
     "alpha": {"digits"},
     "shards_per_client": {"digits"},
     "synthetic_alpha": {"synthetic"},
@@ -99,7 +101,7 @@ def check_dataset_options(cfg: Config) -> None:
     federated = fed is not None
     mode = "a federated" if federated else "a"
     uses = _DATA_USES[(data.name, federated)]
-    for key in _EPISODE_KEYS:
+    for key in _EPISODE_KEYS + _TABLE_KEYS:
         if key not in uses and getattr(data, key) != type(data).model_fields[key].default:
             readers = sorted({n for (n, f), keys in _DATA_USES.items() if f == federated and key in keys})
             raise ConfigError(f"data.{key}", getattr(data, key),
@@ -131,6 +133,8 @@ def check_dataset_options(cfg: Config) -> None:
         if part.scheme == "shards" and part.shards_per_client * total > DIGITS_EXAMPLES:
             raise ConfigError("federated.partition.shards_per_client", part.shards_per_client,
                               f"at most {DIGITS_EXAMPLES // total} for {total} clients ({DIGITS_EXAMPLES} digits)")
+    if data.name == "table":
+        _check_table(cfg)
     per = part.drawers_per_client
     if data.name == "omniglot" and (20 % per or per < data.k_shot + data.k_query):  # data/federated.py
         raise ConfigError("federated.partition.drawers_per_client", per,
@@ -145,6 +149,37 @@ def check_dataset_options(cfg: Config) -> None:
                                   f"{getattr(part, other)}, {data.name} holds {holds})")
 
 
+def _check_table(cfg: Config) -> None:
+    """What a table config must say, before its file is read (data/table.py checks the file)."""
+    data, fed = cfg.data, cfg.federated
+    for key, what in (("path", "a .csv or .parquet file"), ("client_column", "the column naming each row's owner"),
+                      ("label_column", "the column holding the target")):
+        if getattr(data, key) is None:
+            raise ConfigError(f"data.{key}", None, f"{what}: data.name = 'table' needs it")
+    if data.client_column == data.label_column:
+        raise ConfigError("data.label_column", data.label_column, "another column than data.client_column")
+    if data.features is not None:
+        if not data.features:
+            raise ConfigError("data.features", [], "at least one column (or leave it out: every other column)")
+        for name in data.features:
+            if name in (data.client_column, data.label_column):
+                which = "client" if name == data.client_column else "label"
+                raise ConfigError("data.features", name, f"a column other than data.{which}_column")
+            if data.features.count(name) > 1:
+                raise ConfigError("data.features", name, "distinct columns (it is listed twice)")
+    if fed.partition.scheme == "shards":
+        raise ConfigError("federated.partition.scheme", "shards",
+                          "'natural' for table data: each value of data.client_column is a client")
+    if data.held_out is not None:
+        for value in data.held_out:
+            if data.held_out.count(value) > 1:
+                raise ConfigError("data.held_out", value, "distinct client values (it is listed twice)")
+        default = type(fed).model_fields["held_out_clients"].default
+        if fed.held_out_clients not in (default, len(data.held_out)):
+            raise ConfigError("federated.held_out_clients", fed.held_out_clients,
+                              f"{len(data.held_out)} or unset: data.held_out names the held-out clients")
+
+
 # -- the flat [federated] layout ----------------------------------------------------------
 # Before its sections, [federated] held every key itself. Each flat key still loads: it
 # moves to its section (old name -> "section.key" under [federated]) with a notice.
@@ -155,8 +190,8 @@ def check_dataset_options(cfg: Config) -> None:
 def check_compatible(cfg: Config) -> None:
     """Refuse combinations a run cannot honour, naming the field to change."""
     fed = cfg.federated
-    if cfg.data.name == "synthetic" and fed is None:
-        raise ConfigError("data.name", "synthetic", "a federated run (add a [federated] section)")
+    if cfg.data.name in ("synthetic", "table") and fed is None:
+        raise ConfigError("data.name", cfg.data.name, "a federated run (add a [federated] section)")
     if cfg.ledger.enabled and fed is None:
         raise ConfigError("ledger.enabled", True, "a federated run (add a [federated] section)")
     if cfg.ledger.client_keys and not (cfg.ledger.enabled and cfg.ledger.participants):

@@ -45,7 +45,7 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    name: Literal["sinusoid", "omniglot", "digits", "synthetic"] = "digits"
+    name: Literal["sinusoid", "omniglot", "digits", "synthetic", "table"] = "digits"
     data_dir: str | None = None
     n_way: Annotated[int, Field(ge=2)] = 5
     k_shot: PosInt = 1
@@ -53,6 +53,14 @@ class DataConfig(Section):
     rotations: bool = True
     test_alphabets: list[str] | None = None
     test_classes: list[int] = [5, 6, 7, 8, 9]
+    # name = "table" only (docs/data.md); unset = None, so other runs' config.toml is unchanged
+    path: str | None = None  # a .csv or .parquet file (Parquet needs pyarrow)
+    client_column: str | None = None  # each distinct value is a client
+    label_column: str | None = None  # the target
+    task: Literal["classification", "regression"] | None = None  # unset: "classification"
+    features: list[str] | None = None  # unset: every column but the client and label columns
+    missing: Literal["refuse", "drop"] | None = None  # a row missing a value; unset: "refuse"
+    held_out: list[str] | None = None  # client values held out of training (else federated.held_out_clients)
 
 
 class ModelConfig(Section):

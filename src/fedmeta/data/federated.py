@@ -205,6 +205,10 @@ def make_federated(cfg: Any, generator: torch.Generator) -> FederatedData:
         return federated_digits(cfg.federated, generator)
     if name == "synthetic":
         return federated_synthetic(cfg.federated, generator)
+    if name == "table":  # the user's own file: a client per owner, no random partition
+        from fedmeta.data.table import federated_table
+
+        return federated_table(cfg.data, cfg.federated)
     if name == "sinusoid":
         return federated_sinusoid(cfg.federated, cfg.data, generator)
     return federated_omniglot(cfg.federated, cfg.data, generator)
