@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedmeta.config import Config
+from fedmeta.errors import BadInput
 from fedmeta.federated.dp_fedavg import UNCLIPPED, ClientLevelDP
 from fedmeta.federated.encrypted import HEStats, KeySetup, distribute_keys, encrypted_weighted_sum
 from fedmeta.federated.registry import build
@@ -157,8 +158,13 @@ class DPMean:
         return Aggregate(self.dp.finish(total, count, rng), self.dp.event())
 
 
-def build_aggregation(cfg: Config, client_dp: ClientLevelDP | None) -> RobustMean | SecureMean | DPMean:
-    """The aggregation pipeline `cfg` asks for (see the module docstring)."""
+def build_aggregation(cfg: Config, client_dp: ClientLevelDP | None,
+                      robust: Aggregator | None = None) -> RobustMean | SecureMean | DPMean:
+    """The aggregation pipeline `cfg` asks for (see the module docstring); `robust` (a
+    callable `(updates, weights) -> update`, e.g. from Python) replaces the configured
+    rule, and is refused, as a configured robust rule is, where updates are not in the clear."""
+    if robust is not None:
+        check_robust(cfg, robust)
     kind = cfg.privacy.secure_aggregation
     inner: Sum | None = None
     if kind == "ckks":
@@ -169,5 +175,35 @@ def build_aggregation(cfg: Config, client_dp: ClientLevelDP | None) -> RobustMea
         return DPMean(client_dp, inner)
     if inner is not None:
         return SecureMean(inner, cfg.privacy.secagg_clip)
-    robust = cfg.federated.robust
-    return RobustMean(build(ROBUST, robust.rule, robust))
+    if robust is not None:
+        return RobustMean(robust)
+    section = cfg.federated.robust
+    return RobustMean(build(ROBUST, section.rule, section))
+
+
+def qualified_name(obj: Any) -> str:
+    """`module.qualname` of a function or class, or of an object's class: how a part given
+    from Python is named in provenance and errors (one line, never a multi-line repr)."""
+    target = obj if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__")) else type(obj)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def shown(obj: Any) -> Any:
+    """A value for a one-line `BadInput`: plain values as they are, anything else by name."""
+    return obj if isinstance(obj, (bool, int, float, str, type(None))) else qualified_name(obj)
+
+
+def check_robust(cfg: Config, robust: Any, field: str = "robust") -> None:
+    """A robust rule given from Python: a callable (not a class) `(updates, weights) ->
+    update`, under the config rules' conditions (every update in the clear)."""
+    name = shown(robust)
+    if isinstance(robust, type) or not callable(robust):
+        why = " (a class: pass an instance)" if isinstance(robust, type) else ""
+        raise BadInput(field, name, f"a callable (updates, weights) -> update (robust/base.py `Aggregator`){why}")
+    dp = cfg.privacy
+    if dp.secure_aggregation != "off":
+        raise BadInput(field, name, f"no robust rule with privacy.secure_aggregation = '{dp.secure_aggregation}': "
+                                    "a robust rule needs each update in the clear, the server only sees the masked sum")
+    if dp.dp in ("central", "local"):
+        raise BadInput(field, name, f"no robust rule with privacy.dp = '{dp.dp}': client-level ε is accounted for "
+                                    "the noised mean (use privacy.dp = 'example' or 'off')")

@@ -17,9 +17,10 @@ import numpy as np
 from fedmeta.config import Config
 from fedmeta.errors import BadInput, ConfigError
 from fedmeta.federated.admission import Admission
-from fedmeta.federated.aggregation import Aggregate, build_aggregation
+from fedmeta.federated.aggregation import Aggregate, build_aggregation, shown
 from fedmeta.federated.dp_fedavg import ClientLevelDP
 from fedmeta.federated.registry import build
+from fedmeta.federated.robust import Aggregator
 from fedmeta.federated.sampling import Sampler, expected_clients, generator
 from fedmeta.federated.strategies import STRATEGIES, Strategy
 from fedmeta.federated.transport import Broadcast
@@ -30,15 +31,28 @@ from fedmeta.privacy.noise import rng_for
 log = logging.getLogger("fedmeta.federated")
 
 
+def check_strategy(strategy: Any, field: str = "strategy") -> None:
+    """A server strategy given from Python: an object with `init` and `apply` (`strategies/base.py`)."""
+    if strategy is None:
+        return
+    if isinstance(strategy, type) or not all(callable(getattr(strategy, m, None)) for m in ("init", "apply")):
+        why = " (a class: pass an instance)" if isinstance(strategy, type) else ""
+        raise BadInput(field, shown(strategy),
+                       f"an object with init(params) -> state and apply(params, delta, state) -> (params, state){why}")
+
+
 class Server:
     def __init__(self, cfg: Config, params: Params, n_clients: int, client_event: Callable[[], dict[str, Any] | None],
-                 strategy: Strategy | None = None):
+                 strategy: Strategy | None = None, robust: Aggregator | None = None):
+        """`strategy` and `robust` replace the configured strategy and robust rule (checked
+        here: an `(init, apply)` object; a callable usable where the updates are in the clear)."""
+        check_strategy(strategy)
         fed, dp = cfg.federated, cfg.privacy
         self.seed, self.noise_seed, self.privacy = cfg.run.seed, dp.noise_seed, dp
         self.sampler = Sampler(n_clients, cfg.clients_per_round_count, poisson=dp.dp in ("central", "local"))
         rate, m = expected_clients(cfg.clients_per_round_count, n_clients)
         self.client_dp = ClientLevelDP.from_config(cfg, rate, m) if dp.dp in ("central", "local") else None
-        self.aggregation = build_aggregation(cfg, self.client_dp)
+        self.aggregation = build_aggregation(cfg, self.client_dp, robust)
         server = cfg.federated.server
         self.strategy = build(STRATEGIES, server.strategy, server) if strategy is None else strategy
         self.params, self.state, self.round = params, self.strategy.init(params), 0
