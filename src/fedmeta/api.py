@@ -137,10 +137,27 @@ def run(config: str | os.PathLike | Mapping[str, Any] | Config, *, overrides: Ma
         torch.set_num_threads(threads)  # the run sets its own (fedmeta.threads); the caller's comes back
 
 
-def _run(config, overrides, out, progress, model, strategy, robust, client_steps) -> Result:
+def noise_notice(cfg: Config) -> str | None:
+    """What a DP run whose noise is not seeded says before it starts (None: nothing to say)."""
+    if cfg.privacy.dp == "off" or cfg.privacy.noise_seed is not None:
+        return None
+    return ("privacy: DP noise is drawn from the operating system's randomness, so two runs differ; "
+            "set privacy.noise_seed for a reproducible experiment (never in deployment)")
+
+
+def drive(cfg: Config, folder: Any, runtime: Any, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """Run a built run (`Runtime` or `train.build`'s setup) into its folder: the one step
+    `fedmeta run` and `run` share."""
     from fedmeta.federated.driver import run_federated
-    from fedmeta.federated.runtime import Runtime, provenance
     from fedmeta.train import train
+
+    if cfg.federated is not None:
+        return run_federated(cfg, folder, resume=resume, show_progress=show_progress, runtime=runtime)
+    return train(cfg, folder, resume=resume, show_progress=show_progress, setup=runtime)
+
+
+def _run(config, overrides, out, progress, model, strategy, robust, client_steps) -> Result:
+    from fedmeta.federated.runtime import Runtime, provenance
 
     cfg = resolve_config(config, overrides)
     if cfg.federated is not None:
@@ -161,17 +178,12 @@ def _run(config, overrides, out, progress, model, strategy, robust, client_steps
             target = Path(out)
         folder = _create(target, cfg, python)
         stack.callback(folder.close)
-        if progress:
-            if out is not None:
-                print(f"run folder: {folder.path}", file=sys.stderr)
-            if cfg.privacy.dp != "off" and cfg.privacy.noise_seed is None:
-                print("privacy: DP noise is drawn from the operating system's randomness, so two runs differ; "
-                      "set privacy.noise_seed for a reproducible experiment (never in deployment)", file=sys.stderr)
+        if progress and out is not None:
+            print(f"run folder: {folder.path}", file=sys.stderr)
+        if progress and (notice := noise_notice(cfg)):
+            print(notice, file=sys.stderr)
         try:
-            if cfg.federated is not None:
-                run_federated(cfg, folder, show_progress=progress, runtime=runtime)
-            else:
-                train(cfg, folder, show_progress=progress, setup=runtime)
+            drive(cfg, folder, runtime, show_progress=progress)
         except Exception as err:
             if out is not None and not python:  # the config alone rebuilds the run
                 err.add_note(f"the run folder can be continued: fedmeta run --resume {folder.path}")

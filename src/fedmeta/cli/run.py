@@ -24,10 +24,10 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train, evaluate and report one run; leaves everything in the run folder."""
-    from fedmeta.federated.driver import run_federated
+    from fedmeta.api import drive, noise_notice
     from fedmeta.federated.runtime import Runtime
     from fedmeta.report import write_report
-    from fedmeta.train import build, train
+    from fedmeta.train import build
 
     if resume is not None:
         if config is not None or set_ or data_dir:
@@ -48,14 +48,10 @@ def run(
         runtime = Runtime(cfg) if cfg.federated is not None else build(cfg)
         folder = RunDir.create(out, cfg)
     print(f"run folder: {folder.path}", file=sys.stderr)
-    if cfg.privacy.dp != "off" and cfg.privacy.noise_seed is None:
-        print("privacy: DP noise is drawn from the operating system's randomness, so two runs differ; "
-              "set privacy.noise_seed for a reproducible experiment (never in deployment)", file=sys.stderr)
+    if notice := noise_notice(cfg):
+        print(notice, file=sys.stderr)
     try:
-        if cfg.federated is not None:
-            summary = run_federated(cfg, folder, resume=resume is not None, show_progress=progress, runtime=runtime)
-        else:
-            summary = train(cfg, folder, resume=resume is not None, show_progress=progress, setup=runtime)
+        summary = drive(cfg, folder, runtime, resume=resume is not None, show_progress=progress)
     except (BadInput, KeyboardInterrupt):
         raise
     except Exception as err:
