@@ -63,10 +63,22 @@ class DataConfig(Section):
     held_out: list[str] | None = None  # client values held out of training (else federated.held_out_clients)
 
 
+MODEL_NAMES = ("auto", "mlp", "conv4")
+
+
 class ModelConfig(Section):
-    name: Literal["auto", "mlp", "conv4"] = "auto"
-    hidden: list[PosInt] = [40, 40]
-    filters: PosInt = 64
+    # "auto", "mlp", "conv4", a factory "package.module:factory" (x_shape, n_outputs) -> nn.Module,
+    # or the name of a fedmeta.plugins entry point "model.<name>" (docs/extending.md)
+    name: str = "auto"
+    hidden: list[PosInt] = [40, 40]  # mlp
+    filters: PosInt = 64  # conv4
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name in MODEL_NAMES:
+            return name
+        return _plugin("model.name", "model", name, MODEL_NAMES)
 
 
 class MetaConfig(Section):
@@ -119,23 +131,40 @@ class ClientsConfig(Section):
     chunk: PosInt = 256
 
 
+def _plugin(field: str, kind: str, name: str, known: tuple[str, ...]) -> str:
+    """`name` if it names a plugin of `kind` (an import path or an entry point's short name)
+    that imports and follows its protocol (`fedmeta.federated.registry.load_plugin`)."""
+    from fedmeta.errors import BadInput
+    from fedmeta.federated.registry import load_plugin
+
+    try:
+        load_plugin(kind, name, field, known)
+    except BadInput as err:
+        raise ConfigError(field, name, err.accepted) from None
+    return name
+
+
 def _registered(field: str, registry: str, name: str, extra: tuple[str, ...] = ()) -> str:
-    """`name` if `registry` (a `fedmeta.federated` registry, imported when first needed) has it."""
+    """`name` if `registry` (a `fedmeta.federated` registry, imported when first needed) has
+    it, or, where the registry takes plugins (`Registry.plugin`), if `name` is one."""
     import importlib
 
     module, _, attr = registry.rpartition(".")
-    names = (*extra, *getattr(importlib.import_module(module), attr))
-    if name not in names:
-        quoted = [repr(n) for n in names]
-        raise ConfigError(field, name, f"{', '.join(quoted[:-1])} or {quoted[-1]}")
-    return name
+    table = getattr(importlib.import_module(module), attr)
+    names = (*extra, *table)
+    if name in names:
+        return name
+    if getattr(table, "plugin", None) is not None:
+        return _plugin(field, table.plugin, name, names)
+    quoted = [repr(n) for n in names]
+    raise ConfigError(field, name, f"{', '.join(quoted[:-1])} or {quoted[-1]}")
 
 
 class ServerConfig(Section):
     """`[federated.server]`: the server strategy (federated/strategies/) applied to the aggregate;
     each strategy reads the keys below that it declares."""
 
-    strategy: str = "fedavg"  # a key of fedmeta.federated.strategies.STRATEGIES
+    strategy: str = "fedavg"  # a key of fedmeta.federated.strategies.STRATEGIES, "package.module:Class" or a plugin
     lr: PosFloat = 1.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
@@ -152,7 +181,7 @@ class RobustConfig(Section):
     """`[federated.robust]`: the server's aggregation rule (federated/robust/) in place of the
     weighted mean; None = the rule's own default."""
 
-    rule: str = "mean"  # a key of fedmeta.federated.robust.ROBUST
+    rule: str = "mean"  # a key of fedmeta.federated.robust.ROBUST, "package.module:Class" or a plugin
     trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] | None = None
     byzantine_clients: Annotated[int, Field(ge=0)] | None = None  # f the rule tolerates (Krum, Multi-Krum)
     krum_selected: PosInt | None = None
