@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedmeta.errors import BadInput, ConfigError
+from fedmeta.errors import BadInput, ConfigError, shown
 
 if TYPE_CHECKING:  # importing torch is what `import fedmeta` avoids
     import torch
@@ -167,7 +167,7 @@ def _run(config, overrides, out, progress, model, strategy, robust, client_steps
     else:
         for name, value in (("strategy", strategy), ("robust", robust), ("client_steps", client_steps)):
             if value is not None:
-                raise BadInput(name, _shown(value), "a federated config (a [federated] section); this config is a "
+                raise BadInput(name, shown(value), "a federated config (a [federated] section); this config is a "
                                                     "central run, which has no server or clients")
         runtime = _central_setup(cfg, model)
         network, python = runtime.learner.model, provenance(model=model)
@@ -221,9 +221,8 @@ def _central_setup(cfg: Config, model: Any):
 
     if model is None:
         return build(cfg)
-    from fedmeta.build import learner_for
+    from fedmeta.build import learner_for, network_for
     from fedmeta.data import make_tasks
-    from fedmeta.federated.runtime import network_for
     from fedmeta.models import parameters_of
 
     train_tasks, test_tasks = make_tasks(cfg.data, "train"), make_tasks(cfg.data, "test")
@@ -261,7 +260,7 @@ def resolve_config(config: Any, overrides: Mapping[str, Any] | None = None) -> C
     elif isinstance(config, Mapping):
         text = _toml(config)
     else:
-        raise BadInput("config", _shown(config), "a TOML path, a dict laid out as the TOML, or a fedmeta.config.Config")
+        raise BadInput("config", shown(config), "a TOML path, a dict laid out as the TOML, or a fedmeta.config.Config")
     with tempfile.TemporaryDirectory(prefix="fedmeta-config-") as tmp:
         path = Path(tmp) / "config.toml"
         path.write_text(text, encoding="utf-8")
@@ -284,7 +283,7 @@ def _plain(value: Any, key: str) -> Any:
         return os.fspath(value)
     if isinstance(value, (bool, int, float, str)):
         return value
-    raise ConfigError(key or "config", _shown(value), "a TOML value: a string, number, boolean, list or table")
+    raise ConfigError(key or "config", shown(value), "a TOML value: a string, number, boolean, list or table")
 
 
 def _toml(raw: Mapping[str, Any]) -> str:
@@ -305,7 +304,7 @@ def _override_items(overrides: Mapping[str, Any] | None) -> list[str]:
     items = []
     for key, value in overrides.items():
         if not isinstance(key, str) or not _KEY.fullmatch(key):
-            raise ConfigError("overrides", _shown(key), "dotted keys of the config, e.g. 'meta.inner_lr'")
+            raise ConfigError("overrides", shown(key), "dotted keys of the config, e.g. 'meta.inner_lr'")
         if isinstance(value, Mapping):
             items += _override_items({f"{key}.{k}": v for k, v in value.items()})
             continue
@@ -313,12 +312,6 @@ def _override_items(overrides: Mapping[str, Any] | None) -> list[str]:
             raise ConfigError(key, None, "a TOML value (None has none; leave the key out for its default)")
         text = tomli_w.dumps({"v": _plain(value, key)})
         if not text.startswith("v = "):
-            raise ConfigError(key, _shown(value), "a TOML value: a string, number, boolean or list")
+            raise ConfigError(key, shown(value), "a TOML value: a string, number, boolean or list")
         items.append(f"{key}={text[4:].strip()}")
     return items
-
-
-def _shown(obj: Any) -> Any:
-    from fedmeta.federated.aggregation import shown
-
-    return shown(obj)

@@ -3,24 +3,29 @@ network (`model.name`, "auto" resolved by `Config.model_name`) and the meta-lear
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
 from fedmeta.config import Config
 from fedmeta.config.sections import MODEL_NAMES
-from fedmeta.errors import BadInput
+from fedmeta.errors import BadInput, shown
 from fedmeta.meta import ALGORITHMS, MetaLearner
-from fedmeta.models import build_model
+from fedmeta.models import HEAD, build_model
+
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 
 
 def model_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
     """The network, initialised from `run.seed`. A `model.name` that is a factory's import
     path ("package.module:factory") or a `fedmeta.plugins` entry point ("model.<name>") is
-    called and checked as a factory given from Python is (`runtime.network_for`)."""
+    called and checked as a factory given from Python is (`network_for`)."""
     name = cfg.model_name
     if name not in MODEL_NAMES:
         from fedmeta.federated.registry import load_plugin
-        from fedmeta.federated.runtime import network_for
 
         factory = load_plugin("model", name, "model.name", MODEL_NAMES)
         try:
@@ -38,3 +43,67 @@ def learner_for(cfg: Config, model: nn.Module, kind: str, algorithm: str | None 
     return ALGORITHMS[algorithm or meta.algorithm](
         model, kind, inner_steps=meta.inner_steps, inner_lr=meta.inner_lr, batching=meta.batching,
         compile_query=meta.compile_query and algorithm is None)
+
+
+def _first_line(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [""])[0][:160]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def network_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int,
+                model: nn.Module | ModelFactory | None = None, field_name: str = "model") -> nn.Module:
+    """The run's network: the config's (`model_for`), or one given from Python. A module is
+    deep-copied (its architecture and its parameters are the run's initial ones); a factory
+    `(x_shape, n_outputs) -> nn.Module` is called after seeding torch with `run.seed`, as
+    `model_for` builds the config's. Either must map a batch of the data's inputs to
+    `n_outputs` outputs; anything else is a one-line `BadInput` naming `field_name`."""
+    if model is None:
+        return model_for(cfg, x_shape, n_outputs)
+    if isinstance(model, nn.Module):
+        try:
+            net = copy.deepcopy(model)
+        except Exception as err:
+            raise BadInput(field_name, shown(model), f"a torch.nn.Module that can be deep-copied ({_first_line(err)})") from None
+    elif callable(model):
+        torch.manual_seed(cfg.run.seed)
+        try:
+            net = model(tuple(x_shape), n_outputs)
+        except Exception as err:
+            raise BadInput(field_name, shown(model), f"a factory (x_shape, n_outputs) -> nn.Module; called with "
+                                                      f"({tuple(x_shape)}, {n_outputs}) it raised {_first_line(err)}") from None
+        if not isinstance(net, nn.Module):
+            raise BadInput(field_name, shown(model), f"a factory (x_shape, n_outputs) -> nn.Module; it returned "
+                                                      f"{type(net).__name__}")
+    else:
+        raise BadInput(field_name, shown(model), "a torch.nn.Module, or a factory (x_shape, n_outputs) -> nn.Module")
+    _check_network(cfg, net, shown(model), x_shape, n_outputs, field_name)
+    return net
+
+
+def _check_network(cfg: Config, net: nn.Module, label: Any, x_shape: tuple[int, ...], n_outputs: int,
+                   field_name: str) -> None:
+    """One forward pass on a zero batch of the data's input shape (in eval mode, so no
+    statistics move): the output must be (batch, n_outputs)."""
+    names = [k for k, p in net.named_parameters() if p.is_floating_point()]
+    if not names:
+        raise BadInput(field_name, label, "a network with floating-point parameters to learn")
+    fed = cfg.federated
+    algorithm = cfg.meta.algorithm if fed is None or fed.clients.procedure == "fedmeta" else None
+    if algorithm == "anil" and not any(k.startswith(HEAD) for k in names):
+        raise BadInput(field_name, label, f"a network whose output layer is named `{HEAD[:-1]}` "
+                                          f"(meta.algorithm = 'anil' adapts only {HEAD}*)")
+    dtype = next(p.dtype for p in net.parameters() if p.is_floating_point())
+    training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(2, *x_shape, dtype=dtype))
+    except Exception as err:
+        raise BadInput(field_name, label, f"a network taking inputs of shape (batch, {', '.join(map(str, x_shape))}); "
+                                          f"a zero batch raised {_first_line(err)}") from None
+    finally:
+        net.train(training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_outputs):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BadInput(field_name, label, f"a network with {n_outputs} output(s) for this dataset: (batch, "
+                                          f"{', '.join(map(str, x_shape))}) -> (batch, {n_outputs}), got {got} for a batch of 2")

@@ -44,3 +44,15 @@ class ConfigDeprecationWarning(FutureWarning):
 
     A FutureWarning, so Python shows it by default (it is meant for the people who write
     configs, not only for developers)."""
+
+
+def qualified_name(obj: Any) -> str:
+    """`module.qualname` of a function or class, or of an object's class: how a part given
+    from Python is named in provenance and errors (one line, never a multi-line repr)."""
+    target = obj if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__")) else type(obj)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def shown(obj: Any) -> Any:
+    """A value for a one-line `BadInput`: plain values as they are, anything else by name."""
+    return obj if isinstance(obj, (bool, int, float, str, type(None))) else qualified_name(obj)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedmeta.config import Config
-from fedmeta.errors import BadInput
+from fedmeta.errors import BadInput, shown
 from fedmeta.federated.dp_fedavg import UNCLIPPED, ClientLevelDP
 from fedmeta.federated.encrypted import HEStats, KeySetup, distribute_keys, encrypted_weighted_sum
 from fedmeta.federated.registry import build
@@ -179,18 +179,6 @@ def build_aggregation(cfg: Config, client_dp: ClientLevelDP | None,
         return RobustMean(robust)
     section = cfg.federated.robust
     return RobustMean(build(ROBUST, section.rule, section))
-
-
-def qualified_name(obj: Any) -> str:
-    """`module.qualname` of a function or class, or of an object's class: how a part given
-    from Python is named in provenance and errors (one line, never a multi-line repr)."""
-    target = obj if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__")) else type(obj)
-    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
-
-
-def shown(obj: Any) -> Any:
-    """A value for a one-line `BadInput`: plain values as they are, anything else by name."""
-    return obj if isinstance(obj, (bool, int, float, str, type(None))) else qualified_name(obj)
 
 
 def check_robust(cfg: Config, robust: Any, field: str = "robust") -> None:

@@ -6,7 +6,6 @@ See docs/architecture.md for the rooms and one round's data flow.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedmeta.build import learner_for, model_for
+from fedmeta.build import ModelFactory, learner_for, network_for
 from fedmeta.config import Config
 from fedmeta.data.federated import FederatedData, make_federated
-from fedmeta.errors import BadInput
-from fedmeta.federated.aggregation import check_robust, qualified_name, shown
+from fedmeta.errors import BadInput, qualified_name, shown
+from fedmeta.federated.aggregation import check_robust
 from fedmeta.federated.client_steps import ClientStep, Compress, Pipeline, Privatize, Sign
 from fedmeta.federated.compression import make_compression
 from fedmeta.federated.dp_fedavg import ClientLevelDP
@@ -33,74 +32,9 @@ from fedmeta.federated.strategies import Strategy
 from fedmeta.federated.training import Training
 from fedmeta.federated.transport import Replies, Transport
 from fedmeta.meta import MetaLearner
-from fedmeta.models import HEAD, parameters_of
+from fedmeta.models import parameters_of
 
-ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 RESERVED_STEPS = ("privatize", "compress", "sign")  # the pipeline's own steps
-
-
-def _first_line(err: BaseException) -> str:
-    text = (str(err).strip().splitlines() or [""])[0][:160]
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def network_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int,
-                model: nn.Module | ModelFactory | None = None, field_name: str = "model") -> nn.Module:
-    """The run's network: the config's (`model_for`), or one given from Python. A module is
-    deep-copied (its architecture and its parameters are the run's initial ones); a factory
-    `(x_shape, n_outputs) -> nn.Module` is called after seeding torch with `run.seed`, as
-    `model_for` builds the config's. Either must map a batch of the data's inputs to
-    `n_outputs` outputs; anything else is a one-line `BadInput` naming `field_name`."""
-    if model is None:
-        return model_for(cfg, x_shape, n_outputs)
-    if isinstance(model, nn.Module):
-        try:
-            net = copy.deepcopy(model)
-        except Exception as err:
-            raise BadInput(field_name, shown(model), f"a torch.nn.Module that can be deep-copied ({_first_line(err)})") from None
-    elif callable(model):
-        torch.manual_seed(cfg.run.seed)
-        try:
-            net = model(tuple(x_shape), n_outputs)
-        except Exception as err:
-            raise BadInput(field_name, shown(model), f"a factory (x_shape, n_outputs) -> nn.Module; called with "
-                                                      f"({tuple(x_shape)}, {n_outputs}) it raised {_first_line(err)}") from None
-        if not isinstance(net, nn.Module):
-            raise BadInput(field_name, shown(model), f"a factory (x_shape, n_outputs) -> nn.Module; it returned "
-                                                      f"{type(net).__name__}")
-    else:
-        raise BadInput(field_name, shown(model), "a torch.nn.Module, or a factory (x_shape, n_outputs) -> nn.Module")
-    _check_network(cfg, net, shown(model), x_shape, n_outputs, field_name)
-    return net
-
-
-def _check_network(cfg: Config, net: nn.Module, label: Any, x_shape: tuple[int, ...], n_outputs: int,
-                   field_name: str) -> None:
-    """One forward pass on a zero batch of the data's input shape (in eval mode, so no
-    statistics move): the output must be (batch, n_outputs)."""
-    names = [k for k, p in net.named_parameters() if p.is_floating_point()]
-    if not names:
-        raise BadInput(field_name, label, "a network with floating-point parameters to learn")
-    fed = cfg.federated
-    algorithm = cfg.meta.algorithm if fed is None or fed.clients.procedure == "fedmeta" else None
-    if algorithm == "anil" and not any(k.startswith(HEAD) for k in names):
-        raise BadInput(field_name, label, f"a network whose output layer is named `{HEAD[:-1]}` "
-                                          f"(meta.algorithm = 'anil' adapts only {HEAD}*)")
-    dtype = next(p.dtype for p in net.parameters() if p.is_floating_point())
-    training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            out = net(torch.zeros(2, *x_shape, dtype=dtype))
-    except Exception as err:
-        raise BadInput(field_name, label, f"a network taking inputs of shape (batch, {', '.join(map(str, x_shape))}); "
-                                          f"a zero batch raised {_first_line(err)}") from None
-    finally:
-        net.train(training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_outputs):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise BadInput(field_name, label, f"a network with {n_outputs} output(s) for this dataset: (batch, "
-                                          f"{', '.join(map(str, x_shape))}) -> (batch, {n_outputs}), got {got} for a batch of 2")
 
 
 def check_client_steps(steps: dict[str, ClientStep] | None, field_name: str = "client_steps") -> None:

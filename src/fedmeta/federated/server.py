@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from fedmeta.config import Config
-from fedmeta.errors import BadInput, ConfigError
+from fedmeta.errors import BadInput, ConfigError, shown
 from fedmeta.federated.admission import Admission
-from fedmeta.federated.aggregation import Aggregate, build_aggregation, shown
+from fedmeta.federated.aggregation import Aggregate, build_aggregation
 from fedmeta.federated.dp_fedavg import ClientLevelDP
 from fedmeta.federated.registry import build
 from fedmeta.federated.robust import Aggregator
