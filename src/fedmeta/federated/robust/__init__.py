@@ -4,7 +4,8 @@ Every aggregator is called as `aggregate(updates, weights) -> update` and is bui
 the `[federated.robust]` section by `build(ROBUST, cfg.federated.robust.rule,
 cfg.federated.robust)` (fedmeta.federated.registry), or from keyword options by
 `make_robust(name, **options)`; its options are the section's keys it declares as fields.
-A new rule is one file with its class and one line in ROBUST. Robust aggregation needs every
+A new rule is one file with its class and one line in ROBUST; one outside fedmeta is named
+by import path ("pkg.mod:Class") or a `fedmeta.plugins` entry point (docs/extending.md). Robust aggregation needs every
 client's update in the clear, so it cannot run on masked (secure aggregation) or
 encrypted (CKKS) sums.
 """

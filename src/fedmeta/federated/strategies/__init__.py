@@ -3,7 +3,9 @@
 Built from the `[federated.server]` section by `build(STRATEGIES,
 cfg.federated.server.strategy, cfg.federated.server)` (fedmeta.federated.registry): each
 strategy's dataclass fields are the section's keys it reads (lr, momentum, beta1, beta2,
-tau). A new strategy is one file with its class and one line in STRATEGIES.
+tau). A new strategy is one file with its class and one line in STRATEGIES; one outside
+fedmeta is named by import path ("pkg.mod:Class") or a `fedmeta.plugins` entry point
+(docs/extending.md).
 """
 
 from fedmeta.federated.registry import Registry
