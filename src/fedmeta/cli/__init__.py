@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Annotated
 
 import typer
 
@@ -18,8 +19,21 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    """`--version`: print `fedmeta <version>` and stop."""
+    if value:
+        from fedmeta import __version__
+
+        typer.echo(f"fedmeta {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
     """Privacy-preserving federated meta-learning: `fedmeta run` starts the default demo."""
 
 

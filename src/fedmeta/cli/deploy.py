@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 
-from fedmeta.config import load_config
 from fedmeta.errors import BadInput
 
 deploy = typer.Typer(help="Run a federated config as a Flower server and real clients.", no_args_is_help=True)
@@ -26,6 +25,7 @@ AllowRemote = Annotated[bool, typer.Option(
 
 
 def _config(config: Path | None, set_: list[str] | None, data_dir: str | None):
+    from fedmeta.config import load_config
     from fedmeta.deploy.messages import check_deployable
 
     cfg = load_config(config, list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else []))

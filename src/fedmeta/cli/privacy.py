@@ -8,17 +8,10 @@ from typing import TypeVar
 import typer
 
 from fedmeta.errors import BadInput
-from fedmeta.privacy.accountant import (
-    KINDS,
-    MAX_PLD_EPSILON,
-    MAX_PLD_STEPS,
-    Steps,
-    check_pld_affordable,
-    epsilon_of,
-    noise_multiplier_for,
-)
 
 T = TypeVar("T")
+# the accountant's MAX_PLD_STEPS and MAX_PLD_EPSILON: help is shown without dp_accounting
+PLD_LIMITS = "at most 10,000,000 steps and ε <= 1000"
 
 privacy_app = typer.Typer(
     help="Privacy accounting for Poisson-subsampled Gaussian steps.", no_args_is_help=True
@@ -39,11 +32,11 @@ def epsilon(
     sample_rate: float = typer.Option(..., help="Poisson sampling rate q in (0, 1]."),
     steps: int = typer.Option(..., help="Number of steps (or rounds)."),
     delta: float = typer.Option(..., help="δ in (0, 1)."),
-    accountant: str = typer.Option(
-        "both", help=f"rdp, pld or both (PLD: at most {MAX_PLD_STEPS:,} steps and ε <= {MAX_PLD_EPSILON:g})."
-    ),
+    accountant: str = typer.Option("both", help=f"rdp, pld or both (PLD: {PLD_LIMITS})."),
 ) -> None:
     """Print ε at δ after STEPS subsampled Gaussian steps, by RDP and by PLD accounting."""
+    from fedmeta.privacy.accountant import KINDS, Steps, check_pld_affordable, epsilon_of
+
     if accountant not in (*KINDS, "both"):
         raise BadInput("--accountant", accountant, "rdp, pld or both")
     kinds = KINDS if accountant == "both" else (accountant,)
@@ -69,6 +62,8 @@ def noise(
     accountant: str = typer.Option("rdp", help="Accounting method: rdp or pld."),
 ) -> None:
     """Print the smallest noise multiplier σ that keeps ε at δ within the target."""
+    from fedmeta.privacy.accountant import noise_multiplier_for
+
     sigma = _as_options(
         lambda: noise_multiplier_for(
             target_epsilon=target_epsilon,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fedmeta.cli import app
-from fedmeta.config import load_config
 from fedmeta.errors import BadInput, FedmetaError
-from fedmeta.rundir import RunDir
+
+if TYPE_CHECKING:
+    from fedmeta.rundir import RunDir
 
 
 @app.command()
@@ -25,8 +26,10 @@ def run(
 ) -> None:
     """Train, evaluate and report one run; leaves everything in the run folder."""
     from fedmeta.api import drive, noise_notice
+    from fedmeta.config import load_config
     from fedmeta.federated.runtime import Runtime
     from fedmeta.report import write_report
+    from fedmeta.rundir import RunDir
     from fedmeta.train import build
 
     if resume is not None:
@@ -58,9 +61,17 @@ def run(
         raise FedmetaError(f"{type(err).__name__}: {err} ({_resumable(folder)})") from err
     write_report(folder.path)
     folder.close()
-    final = summary["final"]
-    figures = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float))
-    print(f"done: {figures}; report: {folder.path / 'report.html'}")
+    print(f"done: {_figures(summary)}; report: {folder.path / 'report.html'}")
+
+
+def _figures(summary: dict[str, Any]) -> str:
+    """The final figures, and for a DP run the ε spent at its δ."""
+    figures = ", ".join(f"{k}={v:.4g}" for k, v in summary["final"].items() if isinstance(v, float))
+    if "epsilon" not in summary:
+        return figures
+    eps = summary["epsilon"]
+    spent = "ε=inf (no noise)" if eps is None else f"ε={eps:.4g}"
+    return f"{figures}; {spent} at δ={summary['delta']:g} ({summary['accountant'].upper()})"
 
 
 def _resumable(folder: RunDir) -> str:
