@@ -8,6 +8,7 @@ import torch
 
 from fedmeta.errors import FedmetaError
 from fedmeta.federated.runtime import Runtime
+from fedmeta.federated.sampling import CLIENT, generator
 from fedmeta.federated.transport import Reply
 from fedmeta.federated.wire import encode, raw
 
@@ -17,9 +18,7 @@ def test_one_client_one_step_fedavg_is_plain_sgd(config):
                       tasks_per_step=1, local_procedure="sgd", local_lr=0.1, partition="shards", shards_per_client=1)
     runtime = Runtime(cfg)
     theta0 = {k: v.clone() for k, v in runtime.params.items()}
-    gen = runtime.server.generator(1, 0)  # replay the round's draws: sampling, fates, then episodes
-    runtime.server.sampler.sample(gen)
-    torch.rand(1, generator=gen)
+    gen = generator(cfg.run.seed, 1, 0, CLIENT + 0)  # replay the client's own stream: its episodes
     eps, _ = runtime.clients.training.episodes([0], gen)[0]
     runtime.run_round()
     model = copy.deepcopy(runtime.clients.model)

@@ -1,6 +1,10 @@
 """Personalization, the figure federated meta-learning is for: each evaluation client's
 query loss and accuracy before and after `meta.eval_inner_steps` adaptation steps on its
 own support set, from the global model (Chen et al. 2018; Fallah et al. 2020).
+
+Evaluation client i draws its one episode from its own stream (`evaluation_generator`), so
+the figures are the same whether the server holds the clients' data (in-process, or a
+deployed benchmark) or each owner computes its own (`client_figures`, on its supernode).
 """
 
 from __future__ import annotations
@@ -11,21 +15,30 @@ import torch
 
 from fedmeta.data.base import TaskBatch
 from fedmeta.data.federated import FederatedData
-from fedmeta.federated.sampling import EVAL_TEST, EVAL_TRAIN, generator
+from fedmeta.federated.sampling import evaluation_generator
 from fedmeta.meta import MetaLearner
 from fedmeta.params import Params
 
+MAX_TRAIN_CLIENTS = 200  # training clients evaluated (the first ones)
 
-def personalization(learner: MetaLearner, params: Params, data: FederatedData, *, seed: int, inner_steps: int,
-                    split: str = "test", max_clients: int = 200) -> dict[str, Any]:
-    """The held-out clients' (`split="test"`) or the first training clients' figures, on
-    the same episodes every time; `per_client` holds each client's."""
-    clients = data.held_out if split == "test" else data.train[:max_clients]
-    gen = generator(seed, 0, 0, EVAL_TEST if split == "test" else EVAL_TRAIN)
-    eps = [c.sample(1, gen) for c in clients]
+
+def evaluation_clients(data: FederatedData, split: str) -> list:
+    return data.held_out if split == "test" else data.train[:MAX_TRAIN_CLIENTS]
+
+
+def client_figures(learner: MetaLearner, params: Params, clients: list, indices: list[int], *, seed: int,
+                   inner_steps: int, split: str) -> dict[str, torch.Tensor]:
+    """Each client's figures (metric -> one value per client) on its evaluation episode;
+    `indices`: the clients' places among the split's evaluation clients."""
+    eps = [c.sample(1, evaluation_generator(seed, split, i)) for c, i in zip(clients, indices, strict=True)]
     batch = TaskBatch(*(torch.cat([getattr(e, f) for e in eps]) for f in ("xs", "ys", "xq", "yq")))
-    per = learner.evaluate(params, batch, inner_steps, per_task=True)
-    row: dict[str, Any] = {"split": split, "eval_clients": len(clients)}
+    return learner.evaluate(params, batch, inner_steps, per_task=True)
+
+
+def summarize(per: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
+    """A metrics row from the clients' figures: means, the 10th percentile of accuracy, the
+    90th of the loss after adaptation, and `per_client`, each client's."""
+    row: dict[str, Any] = {"split": split, "eval_clients": len(next(iter(per.values())))}
     for k, v in per.items():
         row[k] = float(v.mean())
     if "acc_after" in per:
@@ -34,3 +47,13 @@ def personalization(learner: MetaLearner, params: Params, data: FederatedData, *
     row["loss_after_p90"] = float(per["loss_after"].quantile(0.9))
     row["per_client"] = {k: [round(float(x), 6) for x in v] for k, v in per.items()}
     return row
+
+
+def personalization(learner: MetaLearner, params: Params, data: FederatedData, *, seed: int, inner_steps: int,
+                    split: str = "test") -> dict[str, Any]:
+    """The held-out clients' (`split="test"`) or the first training clients' figures, on
+    the same episodes every time."""
+    clients = evaluation_clients(data, split)
+    per = client_figures(learner, params, clients, list(range(len(clients))), seed=seed, inner_steps=inner_steps,
+                         split=split)
+    return summarize(per, split)

@@ -20,7 +20,7 @@ from fedmeta.config import Config
 from fedmeta.federated.attacks import ATTACKS
 from fedmeta.federated.client_steps import Context, Craft, Pipeline, Upload
 from fedmeta.federated.registry import build
-from fedmeta.federated.sampling import ATTACKERS, generator
+from fedmeta.federated.sampling import ATTACKERS, CLIENT, generator
 from fedmeta.federated.training import Training
 from fedmeta.federated.transport import Broadcast, Replies, Reply
 from fedmeta.privacy.noise import rng_for
@@ -53,11 +53,12 @@ class InProcess:
         self.training, self.pipeline = training, pipeline
         fed = cfg.federated
         self.dropout_rate, self.straggler_rate = fed.clients.dropout_rate, fed.clients.straggler_rate
-        self.noise_seed = cfg.privacy.noise_seed
+        self.seed, self.noise_seed = cfg.run.seed, cfg.privacy.noise_seed
         attack, self.malicious = attackers(cfg, len(training.clients))
         self.attacker = pipeline.without("privatize").before("compress", "craft", Craft(attack)) if attack else None
         self.signs = bool(cfg.ledger.client_keys)
         self.states: dict[int, dict[str, Any]] = {}  # each client's pipeline state, checkpointed
+        self.client_streams = True  # False: a run begun before clients drew from their own streams
 
     def exchange(self, round_: int, attempt: int, sampled: list[int], b: Broadcast) -> Replies:
         gen, out = b.generator, Replies(sampled, attempt)
@@ -68,7 +69,9 @@ class InProcess:
                 out.dropped[cid] = "straggler: missed the round deadline"
         active = [c for c in sampled if c not in out.dropped]
         seeded = self.noise_seed is not None
-        deltas = self.training.deltas(active, b.params, gen, lambda c: rng_for(self.noise_seed, round_, c + 1) if seeded else None)
+        stream = (lambda c: generator(self.seed, round_, attempt, CLIENT + c)) if self.client_streams else None
+        deltas = self.training.deltas(active, b.params, gen, lambda c: rng_for(self.noise_seed, round_, c + 1) if seeded else None,
+                                      stream)
         honest = [d for c, d in deltas.items() if c not in self.malicious and not isinstance(d, Exception)]
         ctx = Context(b.params, round_, attempt, gen, lambda c: rng_for(self.noise_seed, round_, c + 1),
                       b.clip_norm, b.run_id, honest)

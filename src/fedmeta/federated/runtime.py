@@ -178,7 +178,8 @@ class Runtime:
                                inner_steps=self.cfg.meta.eval_inner_steps, split=split)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {**self.server.state_dict(), "client_states": getattr(self.transport, "states", {})}
+        state = {**self.server.state_dict(), "client_states": getattr(self.transport, "states", {}),
+                 "client_streams": getattr(self.transport, "client_streams", True)}
         if self.provenance:  # only then: a config-only run's checkpoint is as before
             state["python"] = self.provenance
         return state
@@ -195,3 +196,5 @@ class Runtime:
             state = {"client_states": {c: {"compress": s} for c, s in state["codec_state"].items()}}
         if hasattr(self.transport, "states"):
             self.transport.states = state["client_states"]
+        if hasattr(self.transport, "client_streams"):  # a run keeps the episode streams it began with
+            self.transport.client_streams = state.get("client_streams", False)

@@ -2,9 +2,11 @@
 
 Every random draw of round r comes from a generator seeded by (seed, r, attempt, stream),
 so a run resumed from its checkpoint repeats exactly what an uninterrupted run would do.
-Streams: 0 the round (sampling, then the in-process clients' fates, episodes, attacks and
-compression), 1 and 2 the evaluation episodes (held-out and training clients), 3 the
-choice of malicious clients, 4 + c client c's own stream on its own machine.
+Streams: 0 the round (sampling, then the in-process clients' fates, sinusoid regions'
+episodes drawn in one go, attacks and compression), 1 and 2 the evaluation episodes
+(held-out and training clients; client i's from (seed, 0, i, stream)), 3 the choice of
+malicious clients, 4 + c client c's own stream: its episodes, in-process as on its own
+machine, so a deployed run draws what the simulation draws.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ ROUND, EVAL_TEST, EVAL_TRAIN, ATTACKERS, CLIENT = 0, 1, 2, 3, 4
 def generator(seed: int, round_: int, attempt: int = 0, stream: int = ROUND) -> torch.Generator:
     seq = np.random.SeedSequence([seed, round_, attempt, stream])
     return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+
+
+def evaluation_generator(seed: int, split: str, index: int) -> torch.Generator:
+    """Evaluation client `index`'s episode stream (`split` "test": the held-out clients,
+    "train": the training clients), the same on the server and on the client's machine."""
+    return generator(seed, 0, index, EVAL_TEST if split == "test" else EVAL_TRAIN)
 
 
 def expected_clients(per_round: int, n_clients: int) -> tuple[float, float]:

@@ -81,8 +81,10 @@ class Training:
         return torch.randint(self.local_steps_min, self.local_steps + 1, (n,), generator=gen)
 
     def deltas(self, ids: list[int], params: Params, gen: torch.Generator,
-               noise: Callable[[int], np.random.Generator | None]) -> Deltas:
-        """Each client's Δ (or the exception it raised). `noise(c)`: client c's DP noise source."""
+               noise: Callable[[int], np.random.Generator | None],
+               stream: Callable[[int], torch.Generator] | None = None) -> Deltas:
+        """Each client's Δ (or the exception it raised). `noise(c)`: client c's DP noise
+        source; `stream(c)`: client c's episode stream (default: `gen` for every client)."""
         if self.private:
             out: Deltas = {}
             for c, n in zip(ids, self.steps(len(ids), gen).tolist(), strict=True):
@@ -91,7 +93,7 @@ class Training:
                 except Exception as err:  # a failing client is dropped from the round
                     out[c] = err
             return out
-        work = self.episodes(ids, gen)
+        work = self.episodes(ids, gen, stream)
         if self.batching == "loop":
             return self._looped(ids, params, work)
         out = {}
@@ -103,17 +105,20 @@ class Training:
                 out.update(self._looped(part, params, work))
         return out
 
-    def episodes(self, ids: list[int], gen: torch.Generator) -> dict[int, tuple[TaskBatch, int]]:
-        """Every client's episodes (steps, tasks, ...) and step count; sinusoid regions are
-        drawn in one go (measured: per-client sampling was a third of a 1000-client round)."""
+    def episodes(self, ids: list[int], gen: torch.Generator,
+                 stream: Callable[[int], torch.Generator] | None = None) -> dict[int, tuple[TaskBatch, int]]:
+        """Every client's episodes (steps, tasks, ...) and step count, each client's from
+        `stream(c)` as on its own machine; sinusoid regions are drawn in one go from `gen`
+        (measured: per-client sampling was a third of a 1000-client round)."""
         shape = (self.local_steps, self.tasks_per_step)
         tasks = [getattr(self.clients[c], "tasks", None) for c in ids]
         if not ids or not all(type(t) is Sinusoid and (t.k_shot, t.k_query, t.x_range) ==
                               (tasks[0].k_shot, tasks[0].k_query, tasks[0].x_range) for t in tasks):
             out = {}
             for c in ids:
-                n = int(self.steps(1, gen))
-                b = self.clients[c].sample(shape[0] * shape[1], gen)
+                g = gen if stream is None else stream(c)
+                n = int(self.steps(1, g))
+                b = self.clients[c].sample(shape[0] * shape[1], g)
                 out[c] = TaskBatch(*(t.reshape(*shape, *t.shape[1:]) for t in (b.xs, b.ys, b.xq, b.yq))), n
             return out
         steps = self.steps(len(ids), gen).tolist()
