@@ -163,7 +163,7 @@ def _run(config, overrides, out, progress, model, strategy, robust, client_steps
     if cfg.federated is not None:
         steps = dict(client_steps) if isinstance(client_steps, Mapping) else client_steps  # anything else: refused
         runtime: Any = Runtime(cfg, strategy=strategy, client_steps=steps, robust=robust, model=model)
-        network, python = runtime.clients.model, runtime.provenance
+        network, python, cfg = runtime.clients.model, runtime.provenance, runtime.cfg
     else:
         for name, value in (("strategy", strategy), ("robust", robust), ("client_steps", client_steps)):
             if value is not None:

@@ -91,7 +91,7 @@ def test_another_clients_rows_do_not_change_this_clients_features(tmp_path):
     assert torch.equal(before.train[0].x, after.train[0].x)  # alpha
     assert torch.equal(before.held_out[0].x, after.held_out[0].x)  # gamma
     assert not torch.equal(before.train[1].x, after.train[1].x[:30])  # beta: its own rows did change
-    assert before.schema["sha256"] != after.schema["sha256"]
+    assert before.files != after.files
 
 
 def test_categories_are_one_hot_over_the_tables_vocabulary(tmp_path):
@@ -101,7 +101,7 @@ def test_categories_are_one_hot_over_the_tables_vocabulary(tmp_path):
     ward = data.schema["columns"][1]
     assert ward == {"name": "ward", "kind": "categorical", "categories": WARDS}
     assert [c["kind"] for c in data.schema["columns"]] == ["numeric", "categorical", "numeric"]
-    assert data.schema["labels"] == ["bad", "good"] and data.schema["n_features"] == 5
+    assert data.schema["labels"] == ["bad", "good"] and data.n_features == 5
     for client, name in zip(data.train + data.held_out, SCALES):
         mine = [r for r in rows if r[0] == name]
         onehot = client.x[:, 1:4]
@@ -152,8 +152,12 @@ def test_a_private_federated_run_on_a_table_through_the_cli(tmp_path, capsys):
     assert len(figures["loss_before"]) == 1  # the one held-out hospital
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r["split"] == "test" and "acc_after" in r for r in rows)
-    written = (out / "config.toml").read_text()
-    assert 'client_column = "hospital"' in written and "\"alpha\"" not in written  # the options, not the rows
+    written = load_config(out / "config.toml").data  # the schema the clients share, not their rows
+    assert (written.clients, written.labels) == (["alpha", "beta", "gamma"], ["bad", "good"])
+    assert [(c.name, c.kind, c.categories) for c in written.columns] == [
+        ("age", "numeric", None), ("ward", "categorical", WARDS), ("dose", "numeric", None)]
+    text = (out / "config.toml").read_text()
+    assert not any(str(round(v, 3))[:6] in text for r in hospitals() for v in (r[1], r[3]))  # no value of a row
 
 
 # -- refusals: one line naming the field, exit 2, no run folder -------------------------------
@@ -230,3 +234,32 @@ def test_a_table_needs_a_federated_run(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "central.toml")
     assert err.value.field == "data.name"
+
+
+def test_a_resumed_table_run_reads_the_files_it_began_with(tmp_path, monkeypatch, capsys):
+    path = write_csv(tmp_path / "h.csv", hospitals())
+    config = tmp_path / "table.toml"
+    config.write_text(tomli_w.dumps(raw_config(path)))
+    from fedmeta.federated.runtime import Runtime
+
+    original, calls = Runtime.run_round, []
+
+    def cut_in_round_two(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("power cut")
+        return original(self)
+
+    monkeypatch.setattr(Runtime, "run_round", cut_in_round_two)
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    monkeypatch.setattr(Runtime, "run_round", original)
+    capsys.readouterr()
+    kept = path.read_bytes()
+    rows = hospitals()
+    rows[0][3] += 1.0  # one dose of one patient
+    write_csv(path, rows)
+    assert main(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fedmeta: error: data.path") and "changed since" in err[-1], err
+    path.write_bytes(kept)
+    assert main(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0

@@ -4,7 +4,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import Config, sectioned
 from fedmeta.deploy.clientapp import ClientHandlers
-from fedmeta.deploy.messages import QUERY, TRAIN
+from fedmeta.deploy.messages import EVALUATE, QUERY, TRAIN
 from fedmeta.deploy.secagg import MASKED_INPUT, SHARE_KEYS, UNMASK
 from fedmeta.deploy.transport import FlowerTransport
 from fedmeta.federated.runtime import Runtime
@@ -34,14 +34,16 @@ class LoopbackGrid:
     supernode with `partition-id = i` would; a handler's exception becomes an error reply."""
 
     def __init__(self, n: int, node_config: dict | None = None, silent: dict[str, set[int]] | None = None,
-                 client: ClientHandlers | None = None):
+                 client: ClientHandlers | None = None, nodes: list[dict] | None = None):
         """`silent[kind]`: partition ids that never answer messages of that kind (dropouts);
-        `client`: the ClientApp's handlers (default: the stock `client_app`'s)."""
+        `client`: the ClientApp's handlers (default: the stock `client_app`'s); `nodes`: each
+        supernode's own node_config (default: `partition-id = i` of `n`, plus `node_config`)."""
         self.silent, self.client = silent or {}, client or ClientHandlers()
+        if nodes is None:
+            nodes = [{"partition-id": i, "num-partitions": n, **(node_config or {})} for i in range(n)]
         self.contexts = {
-            100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config={},
-                             node_config={"partition-id": i, "num-partitions": n, **(node_config or {})})
-            for i in range(n)
+            100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config={}, node_config=mine)
+            for i, mine in enumerate(nodes)
         }
         self.sent: list[Message] = []
         self.replies: list[Message] = []
@@ -51,7 +53,8 @@ class LoopbackGrid:
 
     def send_and_receive(self, messages, *, timeout=None):
         c = self.client
-        handlers = {TRAIN: c.train, QUERY: c.query, **dict.fromkeys((SHARE_KEYS, MASKED_INPUT, UNMASK), c.secagg)}
+        handlers = {TRAIN: c.train, QUERY: c.query, EVALUATE: c.evaluate,
+                    **dict.fromkeys((SHARE_KEYS, MASKED_INPUT, UNMASK), c.secagg)}
         out = []
         for m in messages:
             self.sent.append(m)

@@ -1,4 +1,5 @@
-"""`fedmeta data download omniglot` and `fedmeta data info`: fetch and inspect datasets."""
+"""`fedmeta data download omniglot`, `fedmeta data info` and `fedmeta data schema CONFIG`:
+fetch and inspect datasets, print a table's schema."""
 
 from __future__ import annotations
 
@@ -68,8 +69,27 @@ def info(data_dir: DataDir = None) -> None:
     typer.echo(f"Lake et al. one-shot runs: {'present' if lake else 'absent'}")
 
 
+def schema(
+    config: Annotated[Path, typer.Argument(help="A table run's config (data.name = 'table').")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=v.")] = None,
+) -> None:
+    """Print the schema of a table config's files (data.clients, data.columns, data.labels) as
+    TOML to put in its [data] section: what a deployed server runs on, holding no rows."""
+    import tomli_w
+
+    from fedmeta.config import load_config
+    from fedmeta.data.table import resolve_schema
+
+    cfg = load_config(config, list(set_ or []))
+    if cfg.data.name != "table":
+        raise DataError("data.name", cfg.data.name, "'table' (only a table has a schema to print)")
+    data = resolve_schema(cfg).data.model_dump(include={"clients", "columns", "labels"}, exclude_none=True)
+    typer.echo(tomli_w.dumps({"data": data}).rstrip())
+
+
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="Fetch and inspect datasets.", no_args_is_help=True)
     data_app.command("download")(download)
     data_app.command("info")(info)
+    data_app.command("schema")(schema)
     app.add_typer(data_app, name="data")

@@ -24,13 +24,15 @@ AllowRemote = Annotated[bool, typer.Option(
     help="Allow --insecure (no TLS) with a non-loopback address: updates cross the network in the clear.")]
 
 
-def _config(config: Path | None, set_: list[str] | None, data_dir: str | None):
+def _config(config: Path | None, set_: list[str] | None, data_dir: str | None, schema: bool = False):
+    """The deployable config; with `schema`, a table's schema written out for its owners."""
     from fedmeta.config import load_config
+    from fedmeta.data.table import resolve_schema
     from fedmeta.deploy.messages import check_deployable
 
     cfg = load_config(config, list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else []))
     check_deployable(cfg)
-    return cfg
+    return resolve_schema(cfg) if schema else cfg
 
 
 def _tls(insecure: bool, ca: Path | None, cert: Path | None = None, key: Path | None = None):
@@ -70,7 +72,7 @@ def local(
     check_seconds("--deadline", deadline)
     if clients is not None and clients < 1:  # the upper bound needs the config
         raise BadInput("--clients", clients, "1 to federated.n_clients")
-    cfg = _config(config, set_, data_dir)
+    cfg = _config(config, set_, data_dir, schema=True)
     n = cfg.federated.n_clients
     clients = n if clients is None else clients
     if not 1 <= clients <= n:
@@ -107,7 +109,7 @@ def app(
             raise BadInput(option, str(path), "a folder, or a path where one can be created (this is a file)")
     if min_nodes is not None and min_nodes < 1:  # the upper bound needs the config
         raise BadInput("--min-nodes", min_nodes, "1 to federated.n_clients")
-    cfg = _config(config, set_, None)
+    cfg = _config(config, set_, None, schema=True)
     n = cfg.federated.n_clients
     if min_nodes is not None and not 1 <= min_nodes <= n:
         raise BadInput("--min-nodes", min_nodes, f"1 to federated.n_clients = {n}")
@@ -145,8 +147,11 @@ def superlink(
 @deploy.command()
 def supernode(
     superlink: Annotated[str, typer.Option(help="Superlink address host:port.")],
-    partition_id: Annotated[int, typer.Option(help="Which client of the config's federation this is.")],
-    num_partitions: Annotated[int, typer.Option(help="federated.n_clients of the config.")],
+    partition_id: Annotated[int | None, typer.Option(help="Which client of the config's federation this is.")] = None,
+    num_partitions: Annotated[int | None, typer.Option(help="federated.n_clients of the config.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="This owner's own table (CSV or Parquet): its one client, read against the run's schema.")] = None,
+    owner: Annotated[str | None, typer.Option(help="This owner's name in data.clients (when --data has no client column).")] = None,
     port: Annotated[int, typer.Option(help="Local ClientApp API port (one per supernode).")] = 9094,
     data_dir: Annotated[str | None, typer.Option(help="This owner's datasets folder.")] = None,
     key: Annotated[Path | None, typer.Option(help="This client's Ed25519 signing key (PEM).")] = None,
@@ -156,7 +161,8 @@ def supernode(
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the superlink (PEM).")] = None,
     show: Show = False,
 ) -> None:
-    """Start a Flower supernode that acts as one client of the federation."""
+    """Start a Flower supernode that acts as one client of the federation: a partition of
+    the config's dataset (--partition-id), or an owner's own table (--data)."""
     from fedmeta.deploy.launch import (
         check_insecure_host,
         check_port,
@@ -166,10 +172,17 @@ def supernode(
 
     host, _ = parse_address("--superlink", superlink)
     check_port("--port", port)
-    if num_partitions < 1:
-        raise BadInput("--num-partitions", num_partitions, "a positive number of clients (federated.n_clients)")
-    if not 0 <= partition_id < num_partitions:
-        raise BadInput("--partition-id", partition_id, f"0 to --num-partitions - 1 = {num_partitions - 1}")
+    node: dict[str, object] = {}
+    if data is None:
+        _check_partition(partition_id, num_partitions)
+        node.update({"partition-id": partition_id, "num-partitions": num_partitions})
+    else:
+        if partition_id is not None or num_partitions is not None:
+            raise BadInput("--partition-id", partition_id, "unset with --data (the owner's place comes from the run's schema)")
+        if not data.is_file() or data.suffix.lower() not in (".csv", ".parquet", ".pq"):
+            raise BadInput("--data", str(data), "an existing .csv or .parquet file (this owner's rows)")
+    if owner is not None and (data is None or not owner.strip()):
+        raise BadInput("--owner", owner, "a name of data.clients, with --data")
     tls = _tls(insecure, root_certificates)
     if tls is None:
         check_insecure_host("--superlink", host, allow_insecure_remote)
@@ -179,10 +192,20 @@ def supernode(
         raise BadInput("--data-dir", data_dir, "an existing folder (this owner's datasets)")
     if config is not None:
         _config(config, None, None)  # a pinned config must itself be valid and deployable
-    node = {"partition-id": partition_id, "num-partitions": num_partitions}
     pinned = config and config.resolve()
-    node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve()), ("config", pinned)) if v})
+    node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve()), ("config", pinned),
+                                        ("data-file", data and data.resolve()), ("owner", owner)) if v})
     _run(supernode_command(superlink, port, node, tls), show)
+
+
+def _check_partition(partition_id: int | None, num_partitions: int | None) -> None:
+    if num_partitions is None or partition_id is None:
+        raise BadInput("--partition-id" if partition_id is None else "--num-partitions", None,
+                       "--partition-id and --num-partitions (which client of the federation this is), or --data FILE")
+    if num_partitions < 1:
+        raise BadInput("--num-partitions", num_partitions, "a positive number of clients (federated.n_clients)")
+    if not 0 <= partition_id < num_partitions:
+        raise BadInput("--partition-id", partition_id, f"0 to --num-partitions - 1 = {num_partitions - 1}")
 
 
 def register(app_: typer.Typer) -> None:

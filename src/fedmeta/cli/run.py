@@ -49,6 +49,7 @@ def run(
         # data, model and privacy budget are checked before the folder exists: a bad start
         # never leaves a folder that blocks the same command
         runtime = Runtime(cfg) if cfg.federated is not None else build(cfg)
+        cfg = runtime.cfg if cfg.federated is not None else cfg  # a table's schema, as read
         folder = RunDir.create(out, cfg)
     print(f"run folder: {folder.path}", file=sys.stderr)
     if notice := noise_notice(cfg):

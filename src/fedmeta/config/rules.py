@@ -49,7 +49,8 @@ def check_example_dp(
 
 
 _EPISODE_KEYS = ("n_way", "rotations", "test_classes", "test_alphabets")
-_TABLE_KEYS = ("path", "client_column", "label_column", "task", "features", "missing", "held_out")
+_TABLE_KEYS = ("path", "client_column", "label_column", "task", "features", "missing", "held_out", "clients", "columns",
+               "labels")
 _DATA_USES = {
     ("sinusoid", False): set(),
     ("digits", False): {"n_way", "test_classes"},
@@ -152,10 +153,11 @@ def check_dataset_options(cfg: Config) -> None:
 def _check_table(cfg: Config) -> None:
     """What a table config must say, before its file is read (data/table.py checks the file)."""
     data, fed = cfg.data, cfg.federated
-    for key, what in (("path", "a .csv or .parquet file"), ("client_column", "the column naming each row's owner"),
-                      ("label_column", "the column holding the target")):
+    for key, what in (("client_column", "the column naming each row's owner"), ("label_column", "the column holding the target")):
         if getattr(data, key) is None:
             raise ConfigError(f"data.{key}", None, f"{what}: data.name = 'table' needs it")
+    _check_paths(data)
+    _check_schema(data)
     if data.client_column == data.label_column:
         raise ConfigError("data.label_column", data.label_column, "another column than data.client_column")
     if data.features is not None:
@@ -178,6 +180,58 @@ def _check_table(cfg: Config) -> None:
         if fed.held_out_clients not in (default, len(data.held_out)):
             raise ConfigError("federated.held_out_clients", fed.held_out_clients,
                               f"{len(data.held_out)} or unset: data.held_out names the held-out clients")
+
+
+def _distinct(field: str, values: list[str], what: str) -> None:
+    if not values:
+        raise ConfigError(field, [], f"at least one {what}")
+    for value in values:
+        if values.count(value) > 1:
+            raise ConfigError(field, value, f"distinct {what}s (it is listed twice)")
+
+
+def _check_paths(data: DataConfig) -> None:
+    """A file, a list of files (one per owner, say), or none with the whole schema (a deployed
+    server: the rows stay with their owners)."""
+    if data.path is None:
+        regression = (data.task or "classification") == "regression"
+        needed = ("clients", "columns") if regression else ("clients", "columns", "labels")
+        missing = [k for k in needed if getattr(data, k) is None]
+        if missing:
+            raise ConfigError("data.path", None, "a .csv or .parquet file, or a list of them; without one (a deployed "
+                                                 f"server holds no rows) the schema: {', '.join('data.' + k for k in needed)} "
+                                                 "(fedmeta data schema prints them)")
+    elif isinstance(data.path, list):
+        _distinct("data.path", data.path, "file")
+
+
+def _check_schema(data: DataConfig) -> None:
+    """The schema's parts that are given: distinct names, a vocabulary for each categorical
+    column, classes only for classification."""
+    if data.clients is not None:
+        _distinct("data.clients", data.clients, "client")
+    if data.labels is not None:
+        if data.task == "regression":
+            raise ConfigError("data.labels", data.labels, "unset with data.task = 'regression' (labels are classes)")
+        _distinct("data.labels", data.labels, "class")
+        if len(data.labels) < 2:
+            raise ConfigError("data.labels", data.labels, "at least two classes")
+    if data.columns is None:
+        return
+    names = [c.name for c in data.columns]
+    _distinct("data.columns", names, "column name")
+    for i, col in enumerate(data.columns):
+        if col.name in (data.client_column, data.label_column):
+            which = "client" if col.name == data.client_column else "label"
+            raise ConfigError(f"data.columns[{i}].name", col.name, f"a column other than data.{which}_column")
+        if col.kind == "categorical":
+            if not col.categories:
+                raise ConfigError(f"data.columns[{i}].categories", col.categories, "the column's values, at least one")
+            _distinct(f"data.columns[{i}].categories", col.categories, "value")
+        elif col.categories is not None:
+            raise ConfigError(f"data.columns[{i}].categories", col.categories, "unset for a numeric column")
+    if data.features is not None and data.features != names:
+        raise ConfigError("data.features", data.features, f"the names of data.columns, in order: {names}")
 
 
 # -- the flat [federated] layout ----------------------------------------------------------

@@ -44,6 +44,12 @@ class RunConfig(Section):
         return name
 
 
+class ColumnSchema(Section):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    categories: list[str] | None = None  # categorical: the shared vocabulary, in one-hot order
+
+
 class DataConfig(Section):
     name: Literal["sinusoid", "omniglot", "digits", "synthetic", "table"] = "digits"
     data_dir: str | None = None
@@ -54,7 +60,12 @@ class DataConfig(Section):
     test_alphabets: list[str] | None = None
     test_classes: list[int] = [5, 6, 7, 8, 9]
     # name = "table" only (docs/data.md); unset = None, so other runs' config.toml is unchanged
-    path: str | None = None  # a .csv or .parquet file (Parquet needs pyarrow)
+    path: str | list[str] | None = None  # .csv or .parquet files (Parquet needs pyarrow), one or one per owner
+    # the schema the owners share, not their rows (unset: read from the files; a deployed
+    # server, which holds no rows, needs all three; `fedmeta data schema` prints them)
+    clients: list[str] | None = None  # every owner, training and held out, in client-id order
+    columns: list[ColumnSchema] | None = None  # the features, in encoding order
+    labels: list[str] | None = None  # classification: the classes, in index order
     client_column: str | None = None  # each distinct value is a client
     label_column: str | None = None  # the target
     task: Literal["classification", "regression"] | None = None  # unset: "classification"

@@ -20,11 +20,19 @@ from flwr.clientapp import ClientApp
 
 from fedmeta.config import Config, load_config
 from fedmeta.deploy import secagg
-from fedmeta.deploy.messages import HEADER, PARAMS, STEP_STATE, check_deployable, train_reply
+from fedmeta.deploy.messages import (
+    FIGURES,
+    HEADER,
+    PARAMS,
+    STEP_STATE,
+    check_deployable,
+    train_reply,
+)
 from fedmeta.deploy.secagg import MASKED_INPUT, PAYLOAD, PROTOCOL, SHARE_KEYS, UNMASK
 from fedmeta.errors import ConfigError
 from fedmeta.federated.client_steps import ClientStep, Upload
 from fedmeta.federated.client_steps import Context as StepContext
+from fedmeta.federated.evaluation import client_figures
 from fedmeta.federated.runtime import ClientSide
 from fedmeta.federated.sampling import CLIENT, generator
 from fedmeta.federated.transport import Reply
@@ -42,18 +50,41 @@ def without_data_dir(cfg: Config) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": None})})
 
 
+def _own_data(cfg: Config, node_config: dict[str, Any]) -> Any:
+    """The owner's own table (node_config `data-file`, and `owner` when the file has no
+    client column), checked against the schema of the server's config; None: no such file."""
+    data_file = str(node_config.get("data-file", ""))
+    if not data_file:
+        return None
+    if cfg.data.name != "table" or cfg.data.clients is None or cfg.data.columns is None:
+        raise ConfigError("data-file", data_file, "a server config with data.name = 'table' and its schema "
+                                                  "(data.clients, data.columns): this supernode holds a table")
+    from fedmeta.data.table import federated_table
+
+    return federated_table(cfg.data, cfg.federated, data_file, str(node_config.get("owner", "")) or None)
+
+
+def _partition(node_config: dict[str, Any]) -> tuple[int, int] | None:
+    if "partition-id" not in node_config and "num-partitions" not in node_config:
+        return None
+    try:
+        return int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except (KeyError, ValueError):
+        raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>") from None
+
+
 def client_side(cfg_toml: str, node_config: dict[str, Any],
                 steps: dict[str, ClientStep] | None = None) -> tuple[Config, ClientSide, int]:
     """This supernode's config, clients' side (the config's steps, the app's extra `steps`
-    and its own data) and client id. An owner that pinned its own copy of the config
-    (node_config `config`, a TOML path) refuses any other config from the server (its data
-    folder aside)."""
-    try:
-        cid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
-    except (KeyError, ValueError):
-        raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>") from None
+    and its own data) and client id (-1: an owner held out of training, which only
+    evaluates). An owner that pinned its own copy of the config (node_config `config`, a
+    TOML path) refuses any other config from the server (its data folder aside). The
+    client id is the supernode's `partition-id`, or, for an owner reading its own file
+    (`data-file`), its place among the schema's training clients."""
+    partition = _partition(node_config)
     data_dir, pinned = str(node_config.get("data-dir", "")), str(node_config.get("config", ""))
-    key = (cfg_toml, data_dir, pinned, tuple((name, id(step)) for name, step in (steps or {}).items()))
+    own = (str(node_config.get("data-file", "")), str(node_config.get("owner", "")))
+    key = (cfg_toml, data_dir, pinned, own, tuple((name, id(step)) for name, step in (steps or {}).items()))
     if key not in _clients:
         import tomllib
 
@@ -63,13 +94,18 @@ def client_side(cfg_toml: str, node_config: dict[str, Any],
         if data_dir:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": data_dir})})
         check_deployable(cfg)
+        if partition is None and not own[0]:
+            raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>, or data-file=<path>")
         _clients.clear()
-        _clients[key] = cfg, ClientSide.from_config(cfg, steps)
+        _clients[key] = cfg, ClientSide.from_config(cfg, steps, data=_own_data(cfg, node_config))
     cfg, side = _clients[key]
+    owner = getattr(side.data, "owner", None)
     n = len(side.data.train)
-    if parts != n or not 0 <= cid < n:
-        raise ConfigError("node_config", f"partition-id={cid} num-partitions={parts}",
-                          f"num-partitions = federated.n_clients = {n}, 0 <= partition-id < {n}")
+    cid = partition[0] if owner is None else (owner[1] if owner[0] == "train" else -1)
+    if partition is not None and (partition[1] != n or not 0 <= partition[0] < n or partition[0] != max(cid, 0)):
+        raise ConfigError("node_config", f"partition-id={partition[0]} num-partitions={partition[1]}",
+                          f"num-partitions = federated.n_clients = {n}, 0 <= partition-id < {n}"
+                          + ("" if owner is None else f", partition-id = {cid} (this owner's place)"))
     return cfg, side, cid
 
 
@@ -138,8 +174,33 @@ class ClientHandlers:
         return Message(train_reply(int(mine["client"]), Reply(data, 0.0, 0.0, signed)), reply_to=msg)
 
     def query(self, msg: Message, context: Context) -> Message:
-        _, _, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps)
-        return Message(RecordDict({HEADER: ConfigRecord({"client": cid})}), reply_to=msg)
+        """Which client this is; an owner of its own table also says where it evaluates, and
+        the SHA-256 of the schema its rows were read with, and how many rows it holds."""
+        _, side, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps)
+        body: dict[str, Any] = {"client": cid}
+        if (owner := getattr(side.data, "owner", None)) is not None:
+            from fedmeta.data.table import schema_sha256
+
+            mine = (side.data.train if owner[0] == "train" else side.data.held_out)[owner[1]]
+            body.update(split=owner[0], index=owner[1], schema_sha256=schema_sha256(side.data.schema),
+                        rows=mine.n_examples)
+        return Message(RecordDict({HEADER: ConfigRecord(body)}), reply_to=msg)
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        """Personalization on this owner's own evaluation episode: its figures go back, not its rows."""
+        header = dict(msg.content[HEADER])
+        cfg, side, _ = client_side(str(header["config"]), dict(context.node_config), self.steps)
+        owner, split = getattr(side.data, "owner", None), str(header["split"])
+        if owner is None or owner[0] != split:
+            raise ConfigError("split", split, f"the split this owner evaluates in ({owner and owner[0]})")
+        mine = (side.data.train if owner[0] == "train" else side.data.held_out)[owner[1]]
+        params = msg.content[PARAMS].to_torch_state_dict()
+        use_threads(cfg, side.training.batching)
+        per = client_figures(side.learner, params, [mine], [owner[1]], seed=cfg.run.seed,
+                             inner_steps=cfg.meta.eval_inner_steps, split=split)
+        figures = ConfigRecord({k: float(v[0]) for k, v in per.items()})
+        return Message(RecordDict({HEADER: ConfigRecord({"split": split, "index": owner[1]}), FIGURES: figures}),
+                       reply_to=msg)
 
 
 def make_client_app(steps: dict[str, ClientStep] | None = None) -> ClientApp:
@@ -150,6 +211,7 @@ def make_client_app(steps: dict[str, ClientStep] | None = None) -> ClientApp:
     for kind in (SHARE_KEYS, MASKED_INPUT, UNMASK):
         app.train(kind.split(".")[1])(handlers.secagg)
     app.query()(handlers.query)
+    app.evaluate()(handlers.evaluate)
     return app
 
 

@@ -5,7 +5,10 @@ deployment can carry (docs/deployment.md).
     resolved config (TOML), round, attempt, client id, run id and the round's clip norm;
   client -> server: one ConfigRecord with the client id, the bytes sent (encoded update or
     secure aggregation's protocol message), weight, adaptive clipping's report and the
-    signature's fields.
+    signature's fields;
+  server -> owner `evaluate` (a table's owners, who hold the rows): the global parameters and
+    a header with the config, the split and round; owner -> server: its personalization
+    figures (loss and accuracy before and after adaptation on its own episode), nothing else.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from fedmeta.errors import ConfigError
 from fedmeta.federated.transport import Broadcast, Reply
 from fedmeta.ledger.commitments import SignedUpdate
 
-TRAIN, QUERY = "train", "query"
-HEADER, PARAMS, UPDATE = "header", "params", "update"
+TRAIN, QUERY, EVALUATE = "train", "query", "evaluate"
+HEADER, PARAMS, UPDATE, FIGURES = "header", "params", "update", "figures"
 STEP_STATE = "fedmeta.step."  # + a client step's name: its state (e.g. the top-k residual) in the node's context
 
 

@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmeta.config import load_config
+from fedmeta.data.table import resolve_schema
 from fedmeta.deploy.transport import FlowerTransport
 from fedmeta.errors import ConfigError
 from fedmeta.federated.driver import run_federated
@@ -49,11 +50,12 @@ def serve(grid: Grid, rc: Any) -> None:
     if resume or (out / "config.toml").resolve() == config.resolve():  # resumed, or made by the launcher
         run, cfg = RunDir.open(out, lock=True)  # the one writer while the launcher waits
     else:
-        cfg = load_config(config)
+        cfg = resolve_schema(load_config(config))
         run = RunDir.create(out, cfg)
     min_nodes = int(rc.get("min-nodes", cfg.federated.min_clients))
     if not 1 <= min_nodes <= cfg.federated.n_clients:
         raise ConfigError("min-nodes", min_nodes, f"1 to federated.n_clients = {cfg.federated.n_clients}")
-    runtime = Runtime(cfg, lambda _: FlowerTransport(cfg, grid, min_nodes=min_nodes, wait=wait, deadline=deadline))
+    runtime = Runtime(cfg, lambda rt: FlowerTransport(rt.cfg, grid, min_nodes=min_nodes, wait=wait, deadline=deadline,
+                                                      data=rt.data))
     run_federated(cfg, run, resume=resume, show_progress=False, runtime=runtime)
     write_report(run.path)

@@ -10,13 +10,18 @@ import secrets
 import time
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedmeta.config import Config
+from fedmeta.data.table import configured_schema, schema_sha256
 from fedmeta.deploy import secagg
 from fedmeta.deploy.messages import (
+    EVALUATE,
+    FIGURES,
     HEADER,
+    PARAMS,
     QUERY,
     TRAIN,
     check_deployable,
@@ -25,9 +30,10 @@ from fedmeta.deploy.messages import (
 )
 from fedmeta.deploy.secagg import MASKED_INPUT, PROTOCOL, SHARE_KEYS, UNMASK
 from fedmeta.errors import FedmetaError
+from fedmeta.federated.evaluation import MAX_TRAIN_CLIENTS
 from fedmeta.federated.secure import GRAPHS, threshold_for
 from fedmeta.federated.transport import Broadcast, Replies, Reply, Summed
-from fedmeta.params import unflatten
+from fedmeta.params import Params, unflatten
 from fedmeta.privacy.secagg.protocol import SecAggAbort, SecAggConfig, SecAggServer
 
 log = logging.getLogger("fedmeta.deploy")
@@ -39,15 +45,42 @@ class FlowerTransport:
     from the shared client pipeline); with secure aggregation, four exchanges drive the
     protocol and the server learns the sum only. Clients sign on their own machines."""
 
-    def __init__(self, cfg: Config, grid: Grid, *, min_nodes: int, wait: float = 300.0, deadline: float = 3600.0):
+    def __init__(self, cfg: Config, grid: Grid, *, min_nodes: int, wait: float = 300.0, deadline: float = 3600.0,
+                 data: Any = None):
         check_deployable(cfg)
         self.grid, self.deadline, self.toml = grid, deadline, cfg.to_toml()
         self.neighbourhood = cfg.privacy.secure_aggregation
         self.signs = bool(cfg.ledger.participants)
+        self.schema = configured_schema(cfg.data)
+        self.data = data  # the runtime's clients: for a table whose rows stay with their owners, their names
+        self.evaluators: dict[str, dict[int, int]] = {"train": {}, "test": {}}  # owners: split -> index -> node
+        self.owners: dict[str, dict[str, Any]] = {}  # owner name -> its schema's SHA-256 and rows (the ledger's)
         self.nodes = self.register(min_nodes, wait)  # client id -> node id
 
+    def join(self, node: int, body: dict[str, Any], nodes: dict[int, int]) -> str | None:
+        """Admit a supernode's answer to the query; the reason when it is refused."""
+        cid = int(body["client"])
+        if "split" in body:  # an owner of its own table rows
+            split, index = str(body["split"]), int(body["index"])
+            expected = schema_sha256(self.schema) if self.schema is not None else None
+            if body["schema_sha256"] != expected:
+                return f"its rows were read with another schema (sha256 {body['schema_sha256']}, the run's {expected})"
+            if index in self.evaluators[split]:
+                return f"supernode {self.evaluators[split][index]} already holds this owner ({split} {index})"
+            self.evaluators[split][index] = node
+            if self.data is not None:
+                name = (self.data.train if split == "train" else self.data.held_out)[index].name
+                self.owners[name] = {"schema_sha256": str(body["schema_sha256"]), "rows": int(body["rows"])}
+            if cid < 0:
+                return None
+        if cid in nodes:
+            raise FedmetaError(f"supernodes {nodes[cid]} and {node} both hold client {cid} (partition-id)")
+        nodes[cid] = node
+        return None
+
     def register(self, min_nodes: int, wait: float) -> dict[int, int]:
-        """Wait for `min_nodes` supernodes, then ask each which client it is (one exchange)."""
+        """Wait for `min_nodes` supernodes, then ask each which client it is (one exchange);
+        an owner of its own rows also says where it evaluates and its schema's hash."""
         stop = time.monotonic() + wait
         while len(ids := list(self.grid.get_node_ids())) < min_nodes:
             if time.monotonic() > stop:
@@ -65,10 +98,9 @@ class FlowerTransport:
                 refused[node] = reply.error.reason
                 log.warning("supernode %d refused to join: %s", node, reply.error.reason)
                 continue
-            cid = int(reply.content[HEADER]["client"])
-            if cid in nodes:
-                raise FedmetaError(f"supernodes {nodes[cid]} and {node} both hold client {cid} (partition-id)")
-            nodes[cid] = node
+            if (why := self.join(node, dict(reply.content[HEADER]), nodes)) is not None:
+                refused[node] = why
+                log.warning("supernode %d refused: %s", node, why)
         if not nodes:  # nothing to train with: say why, rather than fail every round
             why = "; ".join(f"supernode {n}: {r}" for n, r in sorted(refused.items())) or f"no answer in {wait:.0f} s"
             raise FedmetaError(f"no supernode joined the run ({len(ids)} asked): {why}")
@@ -85,14 +117,31 @@ class FlowerTransport:
             out.replies[cid] = read_reply(content)[1]
         return out
 
-    def send(self, kind: str, asks: dict[int, RecordDict], group: str, dropped: dict[int, str]) -> dict[int, RecordDict]:
+    def evaluate(self, split: str, params: Params) -> dict[str, torch.Tensor]:
+        """The owners' own personalization figures (metric -> one value per owner, in index
+        order): each evaluates on its rows, only its figures come back."""
+        nodes = {i: n for i, n in self.evaluators[split].items() if i < MAX_TRAIN_CLIENTS}
+        header = ConfigRecord({"config": self.toml, "split": split})
+        asks = {i: RecordDict({HEADER: header, PARAMS: ArrayRecord(torch_state_dict=params)}) for i in sorted(nodes)}
+        dropped: dict[int, str] = {}
+        replies = self.send(EVALUATE, asks, f"evaluate.{split}", dropped, nodes)
+        for i, why in sorted(dropped.items()):
+            log.warning("evaluation (%s): owner %d gave no figures: %s", split, i, why)
+        if not replies:
+            raise FedmetaError(f"no owner answered the {split} evaluation ({len(nodes)} asked)")
+        figures = [dict(replies[i][FIGURES]) for i in sorted(replies)]
+        return {k: torch.tensor([float(f[k]) for f in figures]) for k in figures[0]}
+
+    def send(self, kind: str, asks: dict[int, RecordDict], group: str, dropped: dict[int, str],
+             nodes: dict[int, int] | None = None) -> dict[int, RecordDict]:
         """Send each client its message, return the replies by client; a client whose
         ClientApp raised, whose supernode is gone (the superlink answers for it) or that
         missed the deadline goes to `dropped`. A reply is matched to its client by the
         message it answers, else by its sender; one that matches no client asked here is
-        ignored."""
-        sent = {c: Message(body, dst_node_id=self.nodes[c], message_type=kind, group_id=group) for c, body in asks.items()}
-        client_of = {n: c for c, n in self.nodes.items() if c in asks}
+        ignored. `nodes`: whom the keys of `asks` name (default: the clients' supernodes)."""
+        nodes = self.nodes if nodes is None else nodes
+        sent = {c: Message(body, dst_node_id=nodes[c], message_type=kind, group_id=group) for c, body in asks.items()}
+        client_of = {n: c for c, n in nodes.items() if c in asks}
         replies: dict[int, RecordDict] = {}
         answered: set[int] = set()
         received = self.grid.send_and_receive(list(sent.values()), timeout=self.deadline)

@@ -51,7 +51,7 @@ class Driver:
         """Publish a committed step (again, after a kill: every publication is idempotent)."""
         run_id, params, record, run = self.progress["run_id"], self.runtime.params, self.record, self.run_dir
         if record is not None and "start" in step:
-            record.start(run_id, params)
+            record.start(run_id, params, self.runtime.data_record())
         if record is not None and "round" in step:
             record.round(run_id, params, step["round"])
         if "final" not in step:
@@ -113,7 +113,10 @@ class Driver:
 
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         cfg, runtime, fed = self.cfg, self.runtime, self.cfg.federated
-        audit = membership_audit(runtime.learner, runtime.params, runtime.data) if cfg.privacy.audit else None
+        audit = None
+        if cfg.privacy.audit:  # it reads the members' rows: not where they stay with their owners
+            audit = (membership_audit(runtime.learner, runtime.params, runtime.data)
+                     if not getattr(runtime.data, "remote", False) else {"skipped": "the rows stay with their owners"})
         summary = {
             "mode": "federated",
             "procedure": fed.clients.procedure,

@@ -17,12 +17,13 @@ from torch import nn
 from fedmeta.build import ModelFactory, learner_for, network_for
 from fedmeta.config import Config
 from fedmeta.data.federated import FederatedData, make_federated
-from fedmeta.errors import BadInput, qualified_name, shown
+from fedmeta.data.table import TableData, schema_sha256, with_schema
+from fedmeta.errors import BadInput, ConfigError, qualified_name, shown
 from fedmeta.federated.aggregation import check_robust
 from fedmeta.federated.client_steps import ClientStep, Compress, Pipeline, Privatize, Sign
 from fedmeta.federated.compression import make_compression
 from fedmeta.federated.dp_fedavg import ClientLevelDP
-from fedmeta.federated.evaluation import personalization
+from fedmeta.federated.evaluation import personalization, summarize
 from fedmeta.federated.inprocess import InProcess, key_lookup
 from fedmeta.federated.robust import Aggregator
 from fedmeta.federated.rounds import RoundResult, run_round
@@ -77,10 +78,12 @@ class ClientSide:
 
     @classmethod
     def from_config(cls, cfg: Config, steps: dict[str, ClientStep] | None = None,
-                    model: nn.Module | ModelFactory | None = None) -> ClientSide:
-        """`model` (a module or a factory, `network_for`) replaces the config's network."""
+                    model: nn.Module | ModelFactory | None = None, data: FederatedData | None = None) -> ClientSide:
+        """`model` (a module or a factory, `network_for`) replaces the config's network;
+        `data` the config's clients (an owner's own table, `data.table.federated_table`)."""
         check_client_steps(steps)
-        data = make_federated(cfg, torch.Generator().manual_seed(cfg.run.seed))
+        if data is None:
+            data = make_federated(cfg, torch.Generator().manual_seed(cfg.run.seed))
         model = network_for(cfg, data.x_shape, data.n_outputs, model)
         fedmeta = cfg.federated.clients.procedure == "fedmeta"
         learner = learner_for(cfg, model, data.kind, None if fedmeta else "maml")
@@ -92,6 +95,13 @@ class ClientSide:
 
     def pipeline(self, cfg: Config, key_for: Callable[[int], Path | None]) -> Pipeline:
         return client_pipeline(cfg, self.client_dp, key_for, self.steps)
+
+
+def check_remote(transport: Any) -> None:
+    """A table whose rows stay with their owners (no `data.path`) runs only deployed."""
+    if transport is None:
+        raise ConfigError("data.path", None, "a .csv or .parquet file, or a list: an in-process run reads every "
+                                             "owner's rows (only a deployed server runs on the schema alone)")
 
 
 def provenance(*, model: Any = None, strategy: Any = None, robust: Any = None,
@@ -130,6 +140,9 @@ class Runtime:
             check_robust(cfg, robust)
         self.provenance = provenance(model=model, strategy=strategy, robust=robust, client_steps=client_steps)
         self.clients = ClientSide.from_config(cfg, client_steps, model)
+        self.cfg = cfg = with_schema(cfg, self.clients.data)  # a table's config.toml records its schema
+        if getattr(self.data, "remote", False):
+            check_remote(transport)
         params = self.clients.learner.init(parameters_of(self.clients.model))
         self.server = Server(cfg, params, len(self.clients.data.train), self.clients.training.event, strategy, robust)
         if self.clients.client_dp is not None:  # one DP stage: the server's C is the clients' C
@@ -174,14 +187,32 @@ class Runtime:
         return self.transport.exchange(round_, attempt, sampled, broadcast)
 
     def personalization(self, split: str = "test") -> dict[str, Any]:
+        """The split's figures: computed here, or by the owners when the rows are theirs."""
+        if getattr(self.data, "remote", False):
+            return summarize(self.transport.evaluate(split, self.server.params), split)
         return personalization(self.learner, self.server.params, self.data, seed=self.cfg.run.seed,
                                inner_steps=self.cfg.meta.eval_inner_steps, split=split)
+
+    def data_record(self) -> dict[str, Any] | None:
+        """What the ledger's `start` entry records of a table: its schema's SHA-256 and each
+        file's (in-process), or each owner's schema hash and row count (deployed)."""
+        data = self.data
+        if not isinstance(data, TableData):
+            return None
+        record: dict[str, Any] = {"schema_sha256": schema_sha256(data.schema)}
+        if data.remote:
+            record["owners"] = dict(sorted(getattr(self.transport, "owners", {}).items()))
+        else:
+            record["files"] = {Path(p).name: sha for p, sha in data.files.items()}
+        return record
 
     def state_dict(self) -> dict[str, Any]:
         state = {**self.server.state_dict(), "client_states": getattr(self.transport, "states", {}),
                  "client_streams": getattr(self.transport, "client_streams", True)}
         if self.provenance:  # only then: a config-only run's checkpoint is as before
             state["python"] = self.provenance
+        if getattr(self.data, "files", None):  # a table's files: a resumed run must read the same
+            state["data_files"] = dict(self.data.files)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -191,6 +222,11 @@ class Runtime:
             raise BadInput("--resume", f"a checkpoint with Python parts: {given(theirs)}",
                            f"a runtime given the same parts from Python (this one: {given(self.provenance)}); "
                            "config.toml alone does not rebuild them")
+        for path, sha in state.get("data_files", {}).items():
+            now = getattr(self.data, "files", {}).get(path)
+            if now != sha:
+                raise BadInput("data.path", path, f"the file the run began with (SHA-256 {sha[:16]}…, now "
+                                                  f"{'absent' if now is None else now[:16] + '…'}): it changed since")
         self.server.load_state_dict(state)
         if "codec_state" in state:  # checkpoints before the client pipeline: the compression state only
             state = {"client_states": {c: {"compress": s} for c, s in state["codec_state"].items()}}
