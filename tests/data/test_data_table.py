@@ -263,3 +263,27 @@ def test_a_resumed_table_run_reads_the_files_it_began_with(tmp_path, monkeypatch
     assert err[-1].startswith("fedmeta: error: data.path") and "changed since" in err[-1], err
     path.write_bytes(kept)
     assert main(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
+
+
+def test_data_schema_prints_what_a_server_without_rows_runs_on(tmp_path, capsys):
+    import tomllib
+
+    path = write_csv(tmp_path / "h.csv", hospitals())
+    config = tmp_path / "table.toml"
+    config.write_text(tomli_w.dumps(raw_config(path)))
+    assert main(["data", "schema", str(config)]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)["data"]
+    assert printed["clients"] == sorted(SCALES) and printed["labels"] == ["bad", "good"]
+    assert printed["columns"][1] == {"name": "ward", "kind": "categorical", "categories": WARDS}
+    server = raw_config(path)
+    server["data"] = {**{k: v for k, v in server["data"].items() if k != "path"}, **printed}
+    a, b = make_federated(Config.model_validate(server), torch.Generator()), load(path)
+    assert (a.kind, a.n_outputs, a.x_shape) == (b.kind, b.n_outputs, b.x_shape) and a.remote and not b.remote
+    assert a.schema == b.schema  # the same schema the owners' files are read with
+    assert main(["data", "schema", str(write_toml(tmp_path / "d.toml", {"run": {"name": "d"}}))]) == 2
+    assert "data.name" in capsys.readouterr().err
+
+
+def write_toml(path: Path, raw: dict) -> Path:
+    path.write_text(tomli_w.dumps(raw))
+    return path

@@ -37,6 +37,15 @@ def test_tls_files_reach_flower_flags(tmp_path, capsys):
     assert main(["deploy", "supernode", "--superlink", "h:1", "--partition-id", "0", "--num-partitions", "1", "--print"]) == 2
 
 
+def test_an_owners_supernode_carries_its_own_file(tmp_path, capsys):
+    own = tmp_path / "st-marys.csv"
+    own.write_text("age,outcome\n1,good\n")
+    assert main(["deploy", "supernode", "--superlink", "127.0.0.1:9100", "--data", str(own), "--owner", "st-marys",
+                 "--insecure", "--print"]) == 0
+    node = shlex.split(capsys.readouterr().out)
+    assert node[node.index("--node-config") + 1] == f'data-file="{own}" owner="st-marys"'
+
+
 def test_app_folder_names_the_apps_and_the_run(config, tmp_path):
     (tmp_path / "cfg.toml").write_text(config().to_toml())
     assert main(["deploy", "app", str(tmp_path / "cfg.toml"), "--set", "federated.rounds=4", "--dir", str(tmp_path / "app"),
@@ -88,6 +97,12 @@ BAD_INPUT = [  # (argv after `deploy`, the option the error names, the value it 
       "--data-dir", "FILE", "--print"], "--data-dir", "FILE"),
     (["supernode", "--superlink", "127.0.0.1:9092", "--partition-id", "0", "--num-partitions", "3", "--insecure",
       "--key", "FILE.pem", "--print"], "--key", "FILE.pem"),
+    (["supernode", "--superlink", "127.0.0.1:9092", "--insecure", "--print"], "--partition-id", "None"),
+    (["supernode", "--superlink", "127.0.0.1:9092", "--data", "FILE", "--insecure", "--print"], "--data", "FILE"),
+    (["supernode", "--superlink", "127.0.0.1:9092", "--data", "owner.csv", "--partition-id", "0", "--insecure",
+      "--print"], "--partition-id", "0"),
+    (["supernode", "--superlink", "127.0.0.1:9092", "--partition-id", "0", "--num-partitions", "3", "--owner", "a",
+      "--insecure", "--print"], "--owner", "a"),
 ]
 
 
