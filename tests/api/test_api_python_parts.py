@@ -85,6 +85,7 @@ def test_factory_strategy_robust_and_steps_from_python(tmp_path):
         "robust": f"{here}.CountingMean",
         "client_steps": [{"name": "tally", "step": f"{here}.Tally"}],
     }
+    assert result.summary["strategy"] == f"{here}.HalfStep"  # the strategy that ran, not the config's name
     # the factory is called after seeding torch with run.seed: the same run again is the same run
     again = fedmeta.run(tiny(), model=tiny_net, strategy=HalfStep(), robust=CountingMean(),
                         client_steps={"tally": Tally()}, progress=False)

@@ -24,7 +24,7 @@ from torch import Tensor
 from fedmeta.data.base import Kind, TaskBatch
 from fedmeta.data.partition import dirichlet, shards
 from fedmeta.data.sinusoid import Sinusoid
-from fedmeta.errors import ConfigError
+from fedmeta.errors import BadInput, ConfigError
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,23 @@ class FederatedData:
     kind: Kind
     n_outputs: int
     x_shape: tuple[int, ...]
+
+
+def from_tensors(train: list[tuple[Tensor, Tensor]], held_out: list[tuple[Tensor, Tensor]] = (), *,
+                 support_size: int, query_size: int) -> FederatedData:
+    """Clients from their own examples, one `(x, y)` pair each: x (n, *x_shape); y (n,)
+    integer labels (classification, classes 0..max) or (n, out) floats (regression). Each
+    client's episodes are `support_size` support and `query_size` query rows of its own."""
+    pairs = [*train, *held_out]
+    if not train or any(len(p) != 2 or len(p[0]) != len(p[1]) for p in pairs):
+        raise BadInput("train", f"{len(train)} training clients", "at least one; each client a pair (x, y) with as "
+                                                                  "many rows in x as in y")
+    labels = not torch.is_floating_point(pairs[0][1])
+    kind: Kind = "classification" if labels else "regression"
+    n_outputs = int(max(int(y.max()) for _, y in pairs)) + 1 if labels else int(pairs[0][1].shape[1])
+    make = lambda x, y: ExampleClient(x, y, support_size, query_size, kind, n_outputs)  # noqa: E731
+    return FederatedData([make(*p) for p in train], [make(*p) for p in held_out], kind, n_outputs,
+                         tuple(pairs[0][0].shape[1:]))
 
 
 def _split_clients(clients: list, held_out: int, field: str = "federated.held_out_clients") -> tuple[list, list]:

@@ -51,7 +51,7 @@ class Driver:
         """Publish a committed step (again, after a kill: every publication is idempotent)."""
         run_id, params, record, run = self.progress["run_id"], self.runtime.params, self.record, self.run_dir
         if record is not None and "start" in step:
-            record.start(run_id, params, self.runtime.data_record())
+            record.start(run_id, params, self.runtime.start_record())
         if record is not None and "round" in step:
             record.round(run_id, params, step["round"])
         if "final" not in step:
@@ -121,7 +121,7 @@ class Driver:
             "mode": "federated",
             "procedure": fed.clients.procedure,
             "algorithm": cfg.meta.algorithm if fed.clients.procedure == "fedmeta" else fed.clients.procedure,
-            "strategy": fed.server.strategy,
+            "strategy": runtime.provenance.get("strategy", fed.server.strategy),
             "rounds": runtime.round,
             "stopped": self.progress["stopped"],
             **runtime.server.privacy_spent(),

@@ -63,9 +63,9 @@ class RunRecord:
         """The model the next round must name as its parent."""
         return self.ledger.last_model or self.ledger.start_entry_body["extra"]["initial_model_sha256"]
 
-    def start(self, run_id: str, params: Params, data: dict[str, Any] | None = None) -> None:
-        """The `start` entry over the initial model and, for a table, what `data` says of
-        its schema and files (once: an existing ledger must be this run's)."""
+    def start(self, run_id: str, params: Params, more: dict[str, Any] | None = None) -> None:
+        """The `start` entry over the initial model, with `more` (a table's schema and files,
+        the parts given from Python) (once: an existing ledger must be this run's)."""
         initial = store_model(self.run_dir, model_bytes(params))
         if (self.run_dir / LEDGER_FILE).exists():
             self._open(run_id)
@@ -73,7 +73,7 @@ class RunRecord:
         from fedmeta import __version__
 
         config_hash = hashlib.sha256((self.run_dir / CONFIG_FILE).read_bytes()).hexdigest()
-        extra = {"initial_model_sha256": initial, "config_file": CONFIG_FILE, **({"data": data} if data else {})}
+        extra = {"initial_model_sha256": initial, "config_file": CONFIG_FILE, **(more or {})}
         self.ledger = RunLedger.begin(self.run_dir, self.key, config_hash, __version__,
                                       dict(self.cfg.ledger.participants), extra, run_id=run_id)
 

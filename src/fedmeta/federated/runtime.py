@@ -97,6 +97,33 @@ class ClientSide:
         return client_pipeline(cfg, self.client_dp, key_for, self.steps)
 
 
+def check_data(cfg: Config, data: Any) -> None:
+    """A federated dataset given from Python (`fedmeta.data.federated.FederatedData`'s
+    fields): training and held-out clients that sample `TaskBatch`es, its kind, output size
+    and input shape; as many training clients as `federated.n_clients`."""
+    accepted = ("an object with train and held_out (lists of clients with sample(n_tasks, generator)), "
+                "kind ('classification' or 'regression'), n_outputs and x_shape: fedmeta.data.federated.FederatedData")
+    fields = ("train", "held_out", "kind", "n_outputs", "x_shape")
+    if isinstance(data, type) or not all(hasattr(data, f) for f in fields):
+        raise BadInput("data", shown(data), accepted)
+    if data.kind not in ("classification", "regression") or not isinstance(data.n_outputs, int) or data.n_outputs < 1:
+        raise BadInput("data.kind", f"{data.kind!r}, n_outputs={data.n_outputs!r}", accepted)
+    clients = [*data.train, *data.held_out]
+    if not data.train or not all(callable(getattr(c, "sample", None)) for c in clients):
+        raise BadInput("data.train", shown(data.train), accepted)
+    n = cfg.federated.n_clients
+    if len(data.train) != n:
+        raise BadInput("data.train", f"{len(data.train)} clients", f"federated.n_clients = {n} training clients")
+    try:
+        batch = data.train[0].sample(1, torch.Generator().manual_seed(0))
+        shape = tuple(batch.xs.shape[2:])
+    except Exception as err:
+        raise BadInput("data.train[0].sample", f"{type(err).__name__}: {err}", "a TaskBatch of (xs, ys, xq, yq), "
+                                                                             "each with a task axis first") from None
+    if shape != tuple(data.x_shape):
+        raise BadInput("data.x_shape", tuple(data.x_shape), f"the shape of one example the clients sample: {shape}")
+
+
 def check_remote(transport: Any) -> None:
     """A table whose rows stay with their owners (no `data.path`) runs only deployed."""
     if transport is None:
@@ -105,10 +132,10 @@ def check_remote(transport: Any) -> None:
 
 
 def provenance(*, model: Any = None, strategy: Any = None, robust: Any = None,
-               client_steps: dict[str, Any] | None = None) -> dict[str, Any]:
+               client_steps: dict[str, Any] | None = None, data: Any = None) -> dict[str, Any]:
     """What a run took from Python instead of its config, by name (only what was given)."""
     out: dict[str, Any] = {}
-    for key, obj in (("model", model), ("strategy", strategy), ("robust", robust)):
+    for key, obj in (("model", model), ("strategy", strategy), ("robust", robust), ("data", data)):
         if obj is not None:
             out[key] = qualified_name(obj)
     if client_steps:
@@ -130,7 +157,8 @@ class Runtime:
 
     def __init__(self, cfg: Config, transport: Callable[[Runtime], Transport] | None = None, *,
                  strategy: Strategy | None = None, client_steps: dict[str, ClientStep] | None = None,
-                 robust: Aggregator | None = None, model: nn.Module | ModelFactory | None = None):
+                 robust: Aggregator | None = None, model: nn.Module | ModelFactory | None = None,
+                 data: FederatedData | None = None):
         if cfg.federated is None:
             raise ValueError("a federated runtime needs a [federated] section")
         self.cfg = cfg
@@ -138,9 +166,12 @@ class Runtime:
         check_client_steps(client_steps)
         if robust is not None:
             check_robust(cfg, robust)
-        self.provenance = provenance(model=model, strategy=strategy, robust=robust, client_steps=client_steps)
-        self.clients = ClientSide.from_config(cfg, client_steps, model)
-        self.cfg = cfg = with_schema(cfg, self.clients.data)  # a table's config.toml records its schema
+        if data is not None:
+            check_data(cfg, data)
+        self.provenance = provenance(model=model, strategy=strategy, robust=robust, client_steps=client_steps, data=data)
+        self.clients = ClientSide.from_config(cfg, client_steps, model, data)
+        if isinstance(self.clients.data, TableData):  # a table's config.toml records its schema
+            self.cfg = cfg = with_schema(cfg, self.clients.data)
         if getattr(self.data, "remote", False):
             check_remote(transport)
         params = self.clients.learner.init(parameters_of(self.clients.model))
@@ -193,18 +224,20 @@ class Runtime:
         return personalization(self.learner, self.server.params, self.data, seed=self.cfg.run.seed,
                                inner_steps=self.cfg.meta.eval_inner_steps, split=split)
 
-    def data_record(self) -> dict[str, Any] | None:
-        """What the ledger's `start` entry records of a table: its schema's SHA-256 and each
-        file's (in-process), or each owner's schema hash and row count (deployed)."""
+    def start_record(self) -> dict[str, Any]:
+        """What the ledger's `start` entry records besides the config: the parts given from
+        Python, and for a table its schema's SHA-256 and each file's (in-process), or each
+        owner's schema hash and row count (deployed)."""
+        out: dict[str, Any] = {"python": self.provenance} if self.provenance else {}
         data = self.data
-        if not isinstance(data, TableData):
-            return None
-        record: dict[str, Any] = {"schema_sha256": schema_sha256(data.schema)}
-        if data.remote:
-            record["owners"] = dict(sorted(getattr(self.transport, "owners", {}).items()))
-        else:
-            record["files"] = {Path(p).name: sha for p, sha in data.files.items()}
-        return record
+        if isinstance(data, TableData):
+            record: dict[str, Any] = {"schema_sha256": schema_sha256(data.schema)}
+            if data.remote:
+                record["owners"] = dict(sorted(getattr(self.transport, "owners", {}).items()))
+            else:
+                record["files"] = {Path(p).name: sha for p, sha in data.files.items()}
+            out["data"] = record
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         state = {**self.server.state_dict(), "client_states": getattr(self.transport, "states", {}),
