@@ -263,3 +263,57 @@ def test_cli_factory_whose_network_does_not_fit_exits_2_before_any_folder(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"fedmeta: error: model.name = '{HERE}:wrong_outputs': "), err
     assert not out.exists()
+
+
+# -- a dataset by config: a factory (cfg, generator) -> FederatedData --------------------------
+def digits_again(cfg, generator):
+    """The config's own federated digits, built by a plugin: the same clients the built-in makes."""
+    from fedmeta.data.federated import federated_digits
+
+    return federated_digits(cfg.federated, generator)
+
+
+def too_few_clients(cfg, generator):
+    data = digits_again(cfg, generator)
+    return type(data)(data.train[1:], data.held_out, data.kind, data.n_outputs, data.x_shape)
+
+
+def raising_factory(cfg, generator):
+    raise OSError("the hospital's share is offline")
+
+
+def digits_config(name: str) -> dict:
+    return {"run": {"name": "plugin-data", "seed": 1}, "data": {"name": name},
+            "model": {"name": "mlp", "hidden": [16]}, "meta": {"algorithm": "fomaml", "inner_lr": 0.1,
+                                                                "eval_inner_steps": 2},
+            "federated": {"rounds": 2, "n_clients": 4, "held_out_clients": 2, "clients_per_round": 3,
+                          "partition": {"support_size": 5, "query_size": 5},
+                          "clients": {"procedure": "fedmeta", "local_steps": 2, "tasks_per_step": 2}}}
+
+
+def test_a_dataset_factory_by_path_equals_the_built_in_dataset():
+    by_plugin = fedmeta.run(digits_config(f"{HERE}:digits_again"), progress=False)
+    built_in = fedmeta.run(digits_config("digits"), progress=False)
+    assert same(by_plugin.params, built_in.params) and by_plugin.history == built_in.history
+
+
+@pytest.mark.parametrize("name, text", [
+    (f"{HERE}:too_few_clients", "data.train = 3 clients: federated.n_clients = 4"),
+    (f"{HERE}:raising_factory", "OSError: the hospital's share is offline"),
+    (f"{HERE}:NOT_A_CLASS", "a callable factory (cfg, generator) -> FederatedData"),
+    ("nosuchpkg.data:make", "cannot import nosuchpkg.data"),
+])
+def test_a_dataset_factory_that_does_not_fit_is_one_line_naming_data_name(tmp_path, capsys, monkeypatch, name, text):
+    monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps(digits_config(name)))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedmeta: error: data.name = ") and text in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_dataset_plugin_needs_a_federated_run():
+    central = {k: v for k, v in digits_config(f"{HERE}:digits_again").items() if k != "federated"}
+    with pytest.raises(ConfigError, match="^data.name = .*a federated run"):
+        fedmeta.run(central, progress=False)

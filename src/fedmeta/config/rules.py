@@ -61,6 +61,7 @@ _DATA_USES = {
     ("table", True): set(_TABLE_KEYS),
     ("omniglot", True): {"n_way", "rotations", "test_alphabets"},
 }
+_BUILT_IN = {name for name, _ in _DATA_USES}
 _PARTITION_USES = {  # keys of [federated.partition] that only some datasets read
     "support_size": {"digits", "synthetic", "table"},
     "query_size": {"digits", "synthetic", "table"},
@@ -101,7 +102,7 @@ def check_dataset_options(cfg: Config) -> None:
     data, fed = cfg.data, cfg.federated
     federated = fed is not None
     mode = "a federated" if federated else "a"
-    uses = _DATA_USES[(data.name, federated)]
+    uses = _DATA_USES.get((data.name, federated), set())  # a dataset from a plugin reads none of these
     for key in _EPISODE_KEYS + _TABLE_KEYS:
         if key not in uses and getattr(data, key) != type(data).model_fields[key].default:
             readers = sorted({n for (n, f), keys in _DATA_USES.items() if f == federated and key in keys})
@@ -114,7 +115,7 @@ def check_dataset_options(cfg: Config) -> None:
     part = fed.partition
     default = {key: info.default for key, info in type(fed.partition).model_fields.items()}
     for key, readers in _PARTITION_USES.items():
-        if data.name not in readers and getattr(part, key) != default[key]:
+        if data.name in _BUILT_IN and data.name not in readers and getattr(part, key) != default[key]:
             raise ConfigError(f"federated.partition.{key}", getattr(part, key),
                               f"no setting here: federated {data.name} ignores it ({_only(sorted(readers))})")
     if data.name == "digits":
@@ -244,7 +245,7 @@ def _check_schema(data: DataConfig) -> None:
 def check_compatible(cfg: Config) -> None:
     """Refuse combinations a run cannot honour, naming the field to change."""
     fed = cfg.federated
-    if cfg.data.name in ("synthetic", "table") and fed is None:
+    if (cfg.data.name in ("synthetic", "table") or cfg.data.name not in _BUILT_IN) and fed is None:
         raise ConfigError("data.name", cfg.data.name, "a federated run (add a [federated] section)")
     if cfg.ledger.enabled and fed is None:
         raise ConfigError("ledger.enabled", True, "a federated run (add a [federated] section)")

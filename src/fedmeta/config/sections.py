@@ -50,8 +50,13 @@ class ColumnSchema(Section):
     categories: list[str] | None = None  # categorical: the shared vocabulary, in one-hot order
 
 
+DATA_NAMES = ("sinusoid", "omniglot", "digits", "synthetic", "table")
+
+
 class DataConfig(Section):
-    name: Literal["sinusoid", "omniglot", "digits", "synthetic", "table"] = "digits"
+    # a built-in dataset, a factory "package.module:factory" (cfg, generator) -> FederatedData
+    # (federated runs), or the name of a fedmeta.plugins entry point "dataset.<name>"
+    name: str = "digits"
     data_dir: str | None = None
     n_way: Annotated[int, Field(ge=2)] = 5
     k_shot: PosInt = 1
@@ -72,6 +77,13 @@ class DataConfig(Section):
     features: list[str] | None = None  # unset: every column but the client and label columns
     missing: Literal["refuse", "drop"] | None = None  # a row missing a value; unset: "refuse"
     held_out: list[str] | None = None  # client values held out of training (else federated.held_out_clients)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name in DATA_NAMES:
+            return name
+        return _plugin("data.name", "dataset", name, DATA_NAMES)
 
 
 MODEL_NAMES = ("auto", "mlp", "conv4")

@@ -24,7 +24,7 @@ from torch import Tensor
 from fedmeta.data.base import Kind, TaskBatch
 from fedmeta.data.partition import dirichlet, shards
 from fedmeta.data.sinusoid import Sinusoid
-from fedmeta.errors import BadInput, ConfigError
+from fedmeta.errors import BadInput, ConfigError, shown
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,34 @@ def from_tensors(train: list[tuple[Tensor, Tensor]], held_out: list[tuple[Tensor
     make = lambda x, y: ExampleClient(x, y, support_size, query_size, kind, n_outputs)  # noqa: E731
     return FederatedData([make(*p) for p in train], [make(*p) for p in held_out], kind, n_outputs,
                          tuple(pairs[0][0].shape[1:]))
+
+
+def check_data(cfg: Any, data: Any, field: str) -> None:
+    """A federated dataset given from Python (`fedmeta.data.federated.FederatedData`'s
+    fields): training and held-out clients that sample `TaskBatch`es, its kind, output size
+    and input shape; as many training clients as `federated.n_clients`. `field` names where
+    it came from (the `data` argument, or `data.name`'s factory)."""
+    accepted = ("an object with train and held_out (lists of clients with sample(n_tasks, generator)), "
+                "kind ('classification' or 'regression'), n_outputs and x_shape: fedmeta.data.federated.FederatedData")
+    fields = ("train", "held_out", "kind", "n_outputs", "x_shape")
+    if isinstance(data, type) or not all(hasattr(data, f) for f in fields):
+        raise BadInput(field, shown(data), accepted)
+    if data.kind not in ("classification", "regression") or not isinstance(data.n_outputs, int) or data.n_outputs < 1:
+        raise BadInput(f"{field}.kind", f"{data.kind!r}, n_outputs={data.n_outputs!r}", accepted)
+    clients = [*data.train, *data.held_out]
+    if not data.train or not all(callable(getattr(c, "sample", None)) for c in clients):
+        raise BadInput(f"{field}.train", shown(data.train), accepted)
+    n = cfg.federated.n_clients
+    if len(data.train) != n:
+        raise BadInput(f"{field}.train", f"{len(data.train)} clients", f"federated.n_clients = {n} training clients")
+    try:
+        batch = data.train[0].sample(1, torch.Generator().manual_seed(0))
+        shape = tuple(batch.xs.shape[2:])
+    except Exception as err:
+        raise BadInput(f"{field}.train[0].sample", f"{type(err).__name__}: {err}", "a TaskBatch of (xs, ys, xq, yq), "
+                                                                             "each with a task axis first") from None
+    if shape != tuple(data.x_shape):
+        raise BadInput(f"{field}.x_shape", tuple(data.x_shape), f"the shape of one example the clients sample: {shape}")
 
 
 def _split_clients(clients: list, held_out: int, field: str = "federated.held_out_clients") -> tuple[list, list]:
@@ -228,4 +256,28 @@ def make_federated(cfg: Any, generator: torch.Generator) -> FederatedData:
         return federated_table(cfg.data, cfg.federated)
     if name == "sinusoid":
         return federated_sinusoid(cfg.federated, cfg.data, generator)
-    return federated_omniglot(cfg.federated, cfg.data, generator)
+    if name == "omniglot":
+        return federated_omniglot(cfg.federated, cfg.data, generator)
+    return plugin_data(cfg, generator)
+
+
+def plugin_data(cfg: Any, generator: torch.Generator) -> FederatedData:
+    """The clients a dataset plugin's factory (`data.name`: an import path or an entry point
+    `dataset.<name>`) makes of the config and the run's data generator, checked as
+    `fedmeta.run(data=...)` checks them."""
+    from fedmeta.federated.registry import load_plugin
+
+    factory = load_plugin("dataset", cfg.data.name, "data.name")
+    try:
+        data = factory(cfg, generator)
+    except BadInput:
+        raise
+    except Exception as err:
+        raise BadInput("data.name", cfg.data.name, f"a factory that builds the clients (it raised "
+                                                   f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    try:
+        check_data(cfg, data, "data")
+    except BadInput as err:
+        raise BadInput("data.name", cfg.data.name, f"a factory whose clients fit ({err.field} = {err.value}: "
+                                                   f"{err.accepted})") from None
+    return data

@@ -16,7 +16,7 @@ from torch import nn
 
 from fedmeta.build import ModelFactory, learner_for, network_for
 from fedmeta.config import Config
-from fedmeta.data.federated import FederatedData, make_federated
+from fedmeta.data.federated import FederatedData, check_data, make_federated
 from fedmeta.data.table import TableData, schema_sha256, with_schema
 from fedmeta.errors import BadInput, ConfigError, qualified_name, shown
 from fedmeta.federated.aggregation import check_robust
@@ -97,33 +97,6 @@ class ClientSide:
         return client_pipeline(cfg, self.client_dp, key_for, self.steps)
 
 
-def check_data(cfg: Config, data: Any) -> None:
-    """A federated dataset given from Python (`fedmeta.data.federated.FederatedData`'s
-    fields): training and held-out clients that sample `TaskBatch`es, its kind, output size
-    and input shape; as many training clients as `federated.n_clients`."""
-    accepted = ("an object with train and held_out (lists of clients with sample(n_tasks, generator)), "
-                "kind ('classification' or 'regression'), n_outputs and x_shape: fedmeta.data.federated.FederatedData")
-    fields = ("train", "held_out", "kind", "n_outputs", "x_shape")
-    if isinstance(data, type) or not all(hasattr(data, f) for f in fields):
-        raise BadInput("data", shown(data), accepted)
-    if data.kind not in ("classification", "regression") or not isinstance(data.n_outputs, int) or data.n_outputs < 1:
-        raise BadInput("data.kind", f"{data.kind!r}, n_outputs={data.n_outputs!r}", accepted)
-    clients = [*data.train, *data.held_out]
-    if not data.train or not all(callable(getattr(c, "sample", None)) for c in clients):
-        raise BadInput("data.train", shown(data.train), accepted)
-    n = cfg.federated.n_clients
-    if len(data.train) != n:
-        raise BadInput("data.train", f"{len(data.train)} clients", f"federated.n_clients = {n} training clients")
-    try:
-        batch = data.train[0].sample(1, torch.Generator().manual_seed(0))
-        shape = tuple(batch.xs.shape[2:])
-    except Exception as err:
-        raise BadInput("data.train[0].sample", f"{type(err).__name__}: {err}", "a TaskBatch of (xs, ys, xq, yq), "
-                                                                             "each with a task axis first") from None
-    if shape != tuple(data.x_shape):
-        raise BadInput("data.x_shape", tuple(data.x_shape), f"the shape of one example the clients sample: {shape}")
-
-
 def check_remote(transport: Any) -> None:
     """A table whose rows stay with their owners (no `data.path`) runs only deployed."""
     if transport is None:
@@ -167,7 +140,7 @@ class Runtime:
         if robust is not None:
             check_robust(cfg, robust)
         if data is not None:
-            check_data(cfg, data)
+            check_data(cfg, data, "data")
         self.provenance = provenance(model=model, strategy=strategy, robust=robust, client_steps=client_steps, data=data)
         self.clients = ClientSide.from_config(cfg, client_steps, model, data)
         if isinstance(self.clients.data, TableData):  # a table's config.toml records its schema
