@@ -118,7 +118,7 @@ def test_owners_files_deployed_equal_the_in_process_run(owners, tmp_path, monkey
     assert start["data"]["owners"] == {n: {"schema_sha256": expected, "rows": 30} for n in SCALES}
     in_process = ledger_start(tmp_path / "api")["data"]
     assert in_process["schema_sha256"] == expected and set(in_process["files"]) == {p.name for p in paths}
-    assert summary["membership_audit"] == {"skipped": "the rows stay with their owners"}
+    assert "membership_audit" not in summary and "stay with their owners" in summary["membership_audit_skipped"]
 
 
 def ledger_start(folder) -> dict:
@@ -167,3 +167,28 @@ def load_config_from(base: dict, *, path, schema: bool) -> Config:
         data.update(clients=list(SCALES), labels=["bad", "good"], columns=[{"name": "age", "kind": "numeric"}])
         data["features"] = ["age"]
     return resolve_config({**base, "data": data})
+
+
+@pytest.mark.slow  # about 3 minutes: every message starts a ClientApp process
+def test_deploy_local_with_owners_files_runs_real_supernodes_each_on_its_file(owners, tmp_path, monkeypatch):
+    """Flower's own processes: a superlink, four supernodes each given one file, the
+    ServerApp on the schema alone; the same model and figures as the in-process run."""
+    monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
+    (tmp_path / "pooled").mkdir()
+    paths = [owners["alpha"], owners["beta"], owners["gamma"], hospital(tmp_path / "pooled", "delta", SCALES["delta"])]
+    settings = raw(paths)
+    settings["federated"]["rounds"] = 1
+    settings["privacy"] = {"dp": "central", "noise_multiplier": 0.5, "clip_norm": 1.0, "delta": 1e-5, "noise_seed": 5}
+    (tmp_path / "h.toml").write_text(Config.model_validate(settings).to_toml())
+    local = fedmeta.run(tmp_path / "h.toml", progress=False)
+    hospital(tmp_path, "delta", SCALES["delta"])  # delta's export with the client column (no --owner here)
+    files = [str(owners[n]) for n in ("alpha", "beta", "gamma", "delta")]
+    argv = ["deploy", "local", str(tmp_path / "h.toml"), "--out", str(tmp_path / "flower2"), "--deadline", "120"]
+    assert main([*argv, *(a for f in files for a in ("--data", f))]) == 0
+    written = load_config(tmp_path / "flower2" / "config.toml").data
+    assert written.path is None and written.clients == sorted(SCALES)  # the server's config: the schema, no rows
+    deployed = torch.load(tmp_path / "flower2" / "model.pt")
+    assert all(torch.equal(deployed[k], local.params[k]) for k in deployed)
+    figures = [m for m in RunDir(tmp_path / "flower2").metrics() if m["split"] == "test"]
+    assert [m["acc_after"] for m in figures] == pytest.approx(
+        [m["acc_after"] for m in local.history if m["split"] == "test"], abs=1e-6)

@@ -63,30 +63,56 @@ def local(
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>-<time>).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Datasets folder (else $FEDMETA_DATA).")] = None,
     deadline: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 3600.0,
+    data: Annotated[list[Path] | None, typer.Option(
+        "--data", help="An owner's own table (repeatable): one supernode per file, the server holds no rows.")] = None,
 ) -> None:
     """Loopback federation: a superlink on 127.0.0.1, N supernodes and `flwr run`, torn down
-    at the end (and killed with this process)."""
+    at the end (and killed with this process). With --data, a table config runs as it
+    would across owners: each supernode reads one owner's file, the server only the schema."""
     from fedmeta.deploy.launch import check_seconds, run_local
     from fedmeta.rundir import RunDir
 
     check_seconds("--deadline", deadline)
     if clients is not None and clients < 1:  # the upper bound needs the config
         raise BadInput("--clients", clients, "1 to federated.n_clients")
-    cfg = _config(config, set_, data_dir, schema=True)
+    cfg = _config(config, set_, data_dir, schema=data is None)
     n = cfg.federated.n_clients
+    if data:
+        if clients is not None:
+            raise BadInput("--clients", clients, "unset with --data (one supernode per owner's file)")
+        cfg, clients = _owners_config(cfg, data), len(data)
     clients = n if clients is None else clients
-    if not 1 <= clients <= n:
+    if data is None and not 1 <= clients <= n:
         raise BadInput("--clients", clients, f"1 to federated.n_clients = {n}")
     created = RunDir.create(out, cfg)  # refuses an existing run before anything starts
     folder = created.path
     created.close()  # the ServerApp process takes the writer's lock
     work = Path(tempfile.mkdtemp(prefix="fedmeta-deploy-"))
     print(f"run folder: {folder}; Flower logs: {work / 'logs'}", file=sys.stderr)
-    run_local(folder / "config.toml", folder, clients, n, workdir=work, deadline=deadline)
+    run_local(folder / "config.toml", folder, clients, n, workdir=work, deadline=deadline, owner_files=data)
     shutil.rmtree(work, ignore_errors=True)
     final = json.loads((folder / "summary.json").read_text())["final"]
     figures = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float))
     print(f"done: {figures}; report: {folder / 'report.html'}")
+
+
+def _owners_config(cfg, files: list[Path]):
+    """The server's config for owners who each hold one of `files`: the schema (from the
+    config, else read from the files) and no data.path."""
+    from fedmeta.data.table import resolve_schema
+
+    if cfg.data.name != "table":
+        raise BadInput("--data", str(files[0]), "a table config (data.name = 'table') to read owners' files")
+    for path in files:
+        if not path.is_file():
+            raise BadInput("--data", str(path), "an existing .csv or .parquet file (an owner's rows)")
+    if cfg.data.clients is None or cfg.data.columns is None:
+        read = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": [str(f) for f in files]})})
+        cfg = resolve_schema(read)
+    owners = len(cfg.data.clients)
+    if len(files) != owners:
+        raise BadInput("--data", f"{len(files)} files", f"one per owner of data.clients ({owners})")
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": None})})
 
 
 @deploy.command()

@@ -264,13 +264,16 @@ def read_failure(path: Path, logs: Path) -> FedmetaError | None:
 
 
 def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir: Path, deadline: float = 3600.0,
-              timeout: float = 3600.0, tls: TLS | None = None) -> Path:
+              timeout: float = 3600.0, tls: TLS | None = None, owner_files: list[Path] | None = None) -> Path:
     """A whole deployment on loopback: superlink (listening on 127.0.0.1 only), `clients`
     supernodes holding clients 0..clients−1 of the config's `partitions` (its
-    federated.n_clients), `flwr run --stream`; returns the run folder once summary.json is
+    federated.n_clients) — or, with `owner_files`, one supernode per file reading it as its
+    owner's table —, `flwr run --stream`; returns the run folder once summary.json is
     there. Every Flower process dies with this one. If the ServerApp fails, its error is
     raised here (bad input as `BadInput`). Logs stay in `workdir/logs`. With `tls`, its
     certificate must name 127.0.0.1."""
+    nodes = ([{"partition-id": i, "num-partitions": partitions} for i in range(clients)] if owner_files is None
+             else [{"data-file": str(f.resolve())} for f in owner_files])
     check_seconds("--deadline", deadline)
     check_seconds("timeout", timeout)
     port = free_port()
@@ -279,15 +282,14 @@ def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir
     write_connection(workdir / "flwr-home", f"{LOOPBACK}:{port}", tls)
     failure, logs = workdir / "serverapp-error.json", workdir / "logs"
     failure.unlink(missing_ok=True)
-    app = write_app(workdir / "app", {"config": str(config.resolve()), "out": str(out.resolve()), "min-nodes": clients,
+    app = write_app(workdir / "app", {"config": str(config.resolve()), "out": str(out.resolve()), "min-nodes": len(nodes),
                                       "wait": 300, "deadline": deadline, "resume": False, ERROR_FILE: str(failure)})
     with ExitStack() as stack:
         procs = stack.enter_context(Processes(logs, env))
         link = procs.start("superlink", superlink_command(port, tls, LOOPBACK))
         wait_for_port(port, link)
-        for i in range(clients):
-            procs.start(f"supernode-{i}", supernode_command(
-                f"{LOOPBACK}:{port}", free_port(), {"partition-id": i, "num-partitions": partitions}, tls))
+        for i, node in enumerate(nodes):
+            procs.start(f"supernode-{i}", supernode_command(f"{LOOPBACK}:{port}", free_port(), node, tls))
         runner = procs.start("flwr-run", [binary("flwr"), "run", str(app), CONNECTION, "--stream"])
         stop = time.monotonic() + timeout
         while runner.poll() is None and not failure.exists():  # a failed ServerApp may leave `flwr run` waiting

@@ -52,9 +52,10 @@ def serve(grid: Grid, rc: Any) -> None:
     else:
         cfg = resolve_schema(load_config(config))
         run = RunDir.create(out, cfg)
-    min_nodes = int(rc.get("min-nodes", cfg.federated.min_clients))
-    if not 1 <= min_nodes <= cfg.federated.n_clients:
-        raise ConfigError("min-nodes", min_nodes, f"1 to federated.n_clients = {cfg.federated.n_clients}")
+    min_nodes, n = int(rc.get("min-nodes", cfg.federated.min_clients)), cfg.federated.n_clients
+    most = len(cfg.data.clients) if cfg.data.clients else n  # a table's held-out owners have supernodes too
+    if not 1 <= min_nodes <= most:
+        raise ConfigError("min-nodes", min_nodes, f"1 to {most} (the supernodes the run can have)")
     runtime = Runtime(cfg, lambda rt: FlowerTransport(rt.cfg, grid, min_nodes=min_nodes, wait=wait, deadline=deadline,
                                                       data=rt.data))
     run_federated(cfg, run, resume=resume, show_progress=False, runtime=runtime)
