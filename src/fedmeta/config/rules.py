@@ -247,6 +247,9 @@ def check_compatible(cfg: Config) -> None:
     fed = cfg.federated
     if (cfg.data.name in ("synthetic", "table") or cfg.data.name not in _BUILT_IN) and fed is None:
         raise ConfigError("data.name", cfg.data.name, "a federated run (add a [federated] section)")
+    if cfg.run.tensorboard and fed is None:
+        raise ConfigError("run.tensorboard", True, "a federated run (add a [federated] section); a central run's "
+                                                   "metrics.jsonl holds its figures")
     if cfg.ledger.enabled and fed is None:
         raise ConfigError("ledger.enabled", True, "a federated run (add a [federated] section)")
     if cfg.ledger.client_keys and not (cfg.ledger.enabled and cfg.ledger.participants):

@@ -34,6 +34,7 @@ class RunConfig(Section):
     name: str = "run"  # names the default run folder, runs/<name>-<time>
     seed: Seed = 0
     threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = None  # torch intra-op threads; default: 1 for vmapped (MLP) runs, else torch's
+    tensorboard: bool | None = None  # true: TensorBoard event files in <run folder>/tensorboard (pip install tensorboard)
 
     @field_validator("name")
     @classmethod

@@ -22,6 +22,7 @@ from fedmeta.federated.runtime import Runtime
 from fedmeta.progress import progress_bar
 from fedmeta.rundir import RunDir, file_sha256
 from fedmeta.threads import use_threads
+from fedmeta.tracking import TensorBoardSink
 
 log = logging.getLogger("fedmeta.federated")
 
@@ -30,7 +31,12 @@ def run_federated(cfg: Config, run: RunDir, *, resume: bool = False, show_progre
                   runtime: Runtime | None = None) -> dict:
     """Drive a federated run to the end and return its summary. `runtime` defaults to
     in-process clients; a deployment passes one over the Flower transport."""
-    return Driver(cfg, run, Runtime(cfg) if runtime is None else runtime, resume).run(show_progress)
+    driver = Driver(cfg, run, Runtime(cfg) if runtime is None else runtime, resume)
+    try:
+        return driver.run(show_progress)
+    finally:
+        if driver.sink is not None:
+            driver.sink.close()
 
 
 class Driver:
@@ -38,6 +44,7 @@ class Driver:
         self.cfg, self.run_dir, self.runtime = cfg, run, runtime
         use_threads(cfg, runtime.clients.training.batching)
         self.record = RunRecord(cfg, run.path) if cfg.ledger.enabled else None
+        self.sink = TensorBoardSink(run.path) if cfg.run.tensorboard else None
         self.committed = run.load_checkpoint() if resume else None
         if self.committed is None:
             self.progress: dict[str, Any] = {"run_id": uuid.uuid4().hex, "elapsed": 0.0, "evaluated": None,
@@ -68,6 +75,8 @@ class Driver:
     def commit(self, step: dict[str, Any]) -> dict[str, Any] | None:
         self.progress["elapsed"] = time.perf_counter() - self.t0
         self.run_dir.commit({"simulation": self.runtime.state_dict(), "progress": self.progress}, step)
+        if self.sink is not None:
+            self.sink.write(step["rows"])
         return self.publish(step)
 
     def evaluate(self, extra: dict[str, Any]) -> list[dict[str, Any]]:
@@ -113,10 +122,8 @@ class Driver:
 
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         cfg, runtime, fed = self.cfg, self.runtime, self.cfg.federated
-        audit = None
-        if cfg.privacy.audit:  # it reads the members' rows: not where they stay with their owners
-            audit = (membership_audit(runtime.learner, runtime.params, runtime.data)
-                     if not getattr(runtime.data, "remote", False) else {"skipped": "the rows stay with their owners"})
+        remote = getattr(runtime.data, "remote", False)  # the rows stay with their owners
+        audit = membership_audit(runtime.learner, runtime.params, runtime.data) if cfg.privacy.audit and not remote else None
         summary = {
             "mode": "federated",
             "procedure": fed.clients.procedure,
@@ -132,6 +139,8 @@ class Driver:
             summary["privacy"] = cfg.privacy.model_dump(include={"dp", "clipping", "secure_aggregation"})
         if audit is not None:
             summary["membership_audit"] = audit
+        elif cfg.privacy.audit and remote:
+            summary["membership_audit_skipped"] = "the audit reads the members' rows, which stay with their owners"
         per_round = {r["round"]: r for r in self.run_dir.metrics() + rows if "bytes_up" in r}  # one row per round counts
         for key in ("bytes_up", "bytes_down"):
             summary[f"{key}_total"] = sum(r[key] for r in per_round.values())

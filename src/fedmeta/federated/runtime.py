@@ -34,6 +34,7 @@ from fedmeta.federated.training import Training
 from fedmeta.federated.transport import Replies, Transport
 from fedmeta.meta import MetaLearner
 from fedmeta.models import parameters_of
+from fedmeta.tracking import check_tensorboard
 
 RESERVED_STEPS = ("privatize", "compress", "sign")  # the pipeline's own steps
 
@@ -135,6 +136,7 @@ class Runtime:
         if cfg.federated is None:
             raise ValueError("a federated runtime needs a [federated] section")
         self.cfg = cfg
+        check_tensorboard(cfg)
         check_strategy(strategy)  # the cheap checks first: nothing is built for a bad argument
         check_client_steps(client_steps)
         if robust is not None:
