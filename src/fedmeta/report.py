@@ -1,8 +1,9 @@
 """Plots and an HTML report of a run folder, rebuilt from its files alone.
 
-Reads `metrics.jsonl` and `summary.json`; writes one PNG per figure and `report.html`
-that embeds them, so the report is the same whether made at the end of a run or later
-by `fedmeta report DIR`.
+Reads `config.toml`, `metrics.jsonl` and `summary.json`; writes one PNG per figure and
+`report.html` that embeds them, so the report is the same whether made at the end of a run
+or later by `fedmeta report DIR`. The page opens with what ran (algorithm, clients, rounds,
+privacy, secure aggregation, robust rule, attack).
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import errno
 import html
 import json
+import tomllib
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
+from typing import IO, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fedmeta.config import Config, FederatedConfig, move_deprecated
 from fedmeta.errors import BadInput, FedmetaError
 
 
@@ -26,15 +31,15 @@ def _series(rows: list[dict], split: str, key: str) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, grid: bool = True) -> bool:
-    """Label, save and close a figure."""
+def save_figure(fig, ax, path: Path | IO[bytes], xlabel: str, ylabel: str, grid: bool = True) -> bool:
+    """Label, save (as PNG) and close a figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if grid:
         ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return True
 
@@ -50,7 +55,7 @@ def _plot_before_after(rows: list[dict], metric: str, path: Path) -> bool:
             ax.plot(x, y, style, marker=".", label=f"{split}, {when} adaptation")
     if metric == "loss":
         ax.set_yscale("log")
-    return _finish(fig, ax, path, "round", "query " + ("accuracy" if metric == "acc" else "loss"))
+    return save_figure(fig, ax, path, "round", "query " + ("accuracy" if metric == "acc" else "loss"))
 
 
 def _plot_bytes(rows: list[dict], path: Path) -> bool:
@@ -60,7 +65,7 @@ def _plot_bytes(rows: list[dict], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for key, label in (("bytes_up", "up (clients → server)"), ("bytes_down", "down (server → clients)")):
         ax.plot([p[0] for p in pts], [p[1].get(key, 0) / 1e6 for p in pts], marker=".", label=label)
-    return _finish(fig, ax, path, "round", "MB per round")
+    return save_figure(fig, ax, path, "round", "MB per round")
 
 
 def _plot_personalization(per_client: dict, path: Path) -> bool:
@@ -71,7 +76,7 @@ def _plot_personalization(per_client: dict, path: Path) -> bool:
     values = [per_client[f"{metric}_before"], per_client[f"{metric}_after"]]
     ax.hist(values, bins=20, label=["before adaptation", "after adaptation"], alpha=0.8)
     xlabel = f"query {'accuracy' if metric == 'acc' else 'loss'} per held-out client"
-    return _finish(fig, ax, path, xlabel, "clients", grid=False)
+    return save_figure(fig, ax, path, xlabel, "clients", grid=False)
 
 
 def _round_rows(rows: list[dict]) -> list[dict]:
@@ -92,7 +97,7 @@ def _plot_privacy(rows: list[dict], path: Path) -> bool:
         twin.plot(*zip(*clips, strict=True), color="tab:orange", label="clip norm C (adaptive)")
         twin.set_ylabel("clip norm C")
         twin.legend(fontsize=8, loc="lower right")
-    return _finish(fig, ax, path, "round", "ε spent")
+    return save_figure(fig, ax, path, "round", "ε spent")
 
 
 def _privacy_section(summary: dict, figure: str | None) -> str:
@@ -152,7 +157,128 @@ def _ledger_table(run_dir: Path) -> str:
     )
 
 
-def _read_json(path: Path) -> dict:
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested table as dotted key -> value (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's `config.toml` as dotted key -> value (an older flat [federated]
+    layout moved to its sections); {} without one."""
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return {}
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise BadInput(path.name, str(path), f"a TOML file, as `fedmeta run` writes it ({err})") from None
+    if isinstance(config.get("federated"), dict):
+        config["federated"] = move_deprecated(config["federated"])[0]
+    return flatten(config)
+
+
+@cache
+def _defaults() -> dict[str, Any]:
+    """Every key of a federated config at its default, dotted."""
+    return flatten(tomllib.loads(Config(federated=FederatedConfig()).to_toml()))
+
+
+class _Settings(dict):
+    """A flattened config that answers a key it lacks (a folder older than the key) with its default."""
+
+    def __missing__(self, key: str) -> Any:
+        return _defaults().get(key)
+
+
+def _option_list(config: _Settings, name_key: str) -> str:
+    """A robust rule's or attack's name and, unless it is the default, the options set in
+    its section: `krum (byzantine_clients = 2)`."""
+    section, name = name_key.rsplit(".", 1)[0], config[name_key]
+    options = ", ".join(f"{k.removeprefix(section + '.')} = {v}" for k, v in config.items()
+                        if k.startswith(section + ".") and k != name_key)
+    return f"{name} ({options})" if options and name != _defaults()[name_key] else str(name)
+
+
+def _robust_or_attack(config: _Settings) -> bool:
+    """A robust rule other than the mean, or simulated attackers."""
+    return any(config[k] != _defaults()[k] for k in ("federated.robust.rule", "federated.attack.name"))
+
+
+def _privacy_spent(config: _Settings, summary: dict, rows: list[dict]) -> str:
+    """The DP level and ε at δ: the summary's, else the last accounted round's."""
+    dp = config["privacy.dp"]
+    if dp == "off":
+        return "off"
+    accounted = [r for r in rows if "epsilon" in r]
+    source = summary if "epsilon" in summary else (accounted[-1] if accounted else {})
+    level = "example-level DP-SGD" if dp == "example" else f"client-level DP ({dp} noise)"
+    if "epsilon" not in source:
+        return f"{level}; ε not accounted yet"
+    eps = "∞ (no noise)" if source["epsilon"] is None else f"{source['epsilon']:.4g}"
+    return f"{level}: ε = {eps} at δ = {source.get('delta', config['privacy.delta']):g}"
+
+
+def _what_ran(config: _Settings, summary: dict, rows: list[dict]) -> dict[str, str]:
+    """What ran, item by item: algorithm and procedure, clients, rounds, privacy, secure
+    aggregation, robust rule and attack (a central run: algorithm and iterations)."""
+    algorithm = config["meta.algorithm"]
+    if not any(k.startswith("federated.") for k in config):
+        return {"algorithm": f"{algorithm} (centralized meta-training)",
+                "iterations": str(summary.get("iterations", config["train.iterations"]))}
+    procedure, planned, per_round = (config[k] for k in ("federated.clients.procedure", "federated.rounds",
+                                                           "federated.clients_per_round"))
+    rounds = str(summary.get("rounds", planned))
+    if summary.get("rounds", planned) != planned:
+        rounds += f" of {planned} ({summary.get('stopped') or 'stopped early'})"
+    return {
+        "algorithm": summary.get("algorithm", algorithm if procedure == "fedmeta" else procedure),
+        "procedure": f"{procedure}, server {config['federated.server.strategy']}",
+        "clients": f"{config['federated.n_clients']} training, {config['federated.held_out_clients']} held out; "
+                   + (f"a fraction {per_round:g}" if 0 < per_round < 1 else f"{per_round:g}") + " per round",
+        "rounds": rounds,
+        "privacy": _privacy_spent(config, summary, rows),
+        "secure aggregation": str(config["privacy.secure_aggregation"]),
+        "robust rule": _option_list(config, "federated.robust.rule"),
+        "attack": _option_list(config, "federated.attack.name"),
+    }
+
+
+def _header(config: _Settings, summary: dict, rows: list[dict]) -> str:
+    """The report's first table: what ran."""
+    items = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                    for k, v in _what_ran(config, summary, rows).items())
+    return f"<table class='what'>{items}</table>"
+
+
+ROBUSTNESS_COLUMNS = {"sampled": "sampled", "clients": "admitted", "malicious": "attackers sampled",
+                      "rejected": "rejected updates"}
+
+
+def _robustness_section(config: _Settings, rows: list[dict]) -> str:
+    """The robust rule, the attack and, per round, sampled and admitted clients, attackers
+    among them and rejected updates: when a rule other than the mean or an attack is set."""
+    if not _robust_or_attack(config):
+        return ""
+    rounds = [r for r in _round_rows(rows) if r.get("round", 0) > 0]
+    columns = [k for k in ROBUSTNESS_COLUMNS if any(k in r for r in rounds)]
+    cells = "".join(
+        "<tr><td>" + str(r["round"]) + "</td>"
+        + "".join(f"<td>{len(r[k]) if isinstance(r.get(k), list) else r.get(k, '')}</td>" for k in columns)
+        + "</tr>" for r in rounds)
+    heads = "".join(f"<th>{ROBUSTNESS_COLUMNS[k]}</th>" for k in columns)
+    return (f"<h2>Robustness</h2><p>Aggregation rule: <b>{html.escape(_option_list(config, 'federated.robust.rule'))}"
+            f"</b>. Attack: <b>{html.escape(_option_list(config, 'federated.attack.name'))}</b>.</p>"
+            + (f"<table><tr><th>round</th>{heads}</tr>{cells}</table>" if rounds else ""))
+
+
+def read_json(path: Path) -> dict:
     """A JSON object file of the run folder; anything else is bad input naming the file."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -196,9 +322,9 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
     summary_path = run_dir / "summary.json"
-    summary = _read_json(summary_path) if summary_path.exists() else {}
+    summary = read_json(summary_path) if summary_path.exists() else {}
     per_client_path = run_dir / "personalization.json"
-    per_client = _read_json(per_client_path) if per_client_path.exists() else None
+    per_client = read_json(per_client_path) if per_client_path.exists() else None
     try:
         return _write(run_dir, rows, summary, per_client)
     except OSError as err:
@@ -233,14 +359,17 @@ def _write(run_dir: Path, rows: list[dict], summary: dict, per_client: dict | No
         for split, r in last.items()
     )
     config = (run_dir / "config.toml").read_text() if (run_dir / "config.toml").exists() else ""
+    settings = _Settings(read_config(run_dir))
     body = [
         f"<h1>fedmeta run: {html.escape(run_dir.name)}</h1>",
+        _header(settings, summary, rows),
         "<h2>Final evaluation</h2>",
         "<table><tr><th>split</th><th>loss before</th><th>loss after</th><th>acc before</th><th>acc after</th></tr>",
         table,
         "</table>",
         *(f"<h2>{html.escape(t)}</h2><img src='{n}' alt='{html.escape(t)}'>" for n, t in figures.items()),
         _privacy_section(summary, privacy_figure),
+        _robustness_section(settings, rows),
         _ledger_table(run_dir),
         "<h2>Summary</h2><pre>" + html.escape(json.dumps(summary, indent=2)) + "</pre>",
         "<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>",

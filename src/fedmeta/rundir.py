@@ -74,6 +74,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def default_folder(name: str) -> Path:
+    """Where a run (or a grid of runs) goes without --out: runs/<name>-<time>."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -85,7 +90,7 @@ class RunDir:
     def create(cls, out: str | Path | None, config: Config) -> RunDir:
         """A new run folder (default `runs/<name>-<time>`), locked; refuses to overwrite a run."""
         if out is None:
-            out = Path("runs") / f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            out = default_folder(config.run.name)
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise ConfigError("--out", str(path), "a folder to hold the run (this is a file)")

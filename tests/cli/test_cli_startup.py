@@ -37,7 +37,7 @@ def heavy_imports(args: list[str]) -> list[str]:
     return loaded
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["--version"]])
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["compare", "--help"], ["--version"]])
 def test_help_imports_nothing_heavy(args):
     assert heavy_imports(args) == []
 

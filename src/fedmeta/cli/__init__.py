@@ -44,9 +44,9 @@ def _register() -> None:
     """Attach every subcommand module to `app` (once)."""
     if _registered:
         return
-    from fedmeta.cli import data, deploy, keys, ledger, privacy, report, run  # noqa: F401  (run decorates `app`)
+    from fedmeta.cli import compare, data, deploy, keys, ledger, privacy, report, run  # noqa: F401  (run decorates `app`)
 
-    for module in (privacy, ledger, keys, data, report, deploy):
+    for module in (privacy, ledger, keys, data, report, compare, deploy):
         module.register(app)
     _registered.append(True)
 

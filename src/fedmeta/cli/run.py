@@ -1,8 +1,9 @@
-"""`fedmeta run [CONFIG.toml] [--set a.b=v ...] [--out DIR] [--resume DIR]`."""
+"""`fedmeta run [CONFIG.toml] [--set a.b=v ...] [--out DIR] [--resume DIR] [--seeds N] [--sweep KEY=V1,V2]`."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +13,7 @@ from fedmeta.cli import app
 from fedmeta.errors import BadInput, FedmetaError
 
 if TYPE_CHECKING:
+    from fedmeta.config import Config
     from fedmeta.rundir import RunDir
 
 
@@ -23,15 +25,22 @@ def run(
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Datasets folder (else $FEDMETA_DATA).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    seeds: Annotated[int | None, typer.Option(help="Run N seeds from run.seed into OUT/seed-<s>/, "
+                                                   "with OUT/aggregate.json.")] = None,
+    sweep: Annotated[list[str] | None, typer.Option(help="Sweep a key: KEY=V1,V2,... (repeatable: a grid) "
+                                                        "into OUT/<cell>/seed-<s>/, with OUT/sweep.json.")] = None,
 ) -> None:
-    """Train, evaluate and report one run; leaves everything in the run folder."""
-    from fedmeta.api import drive, noise_notice
-    from fedmeta.config import load_config
-    from fedmeta.federated.runtime import Runtime
+    """Train, evaluate and report one run (a grid of runs with --seeds or --sweep); leaves everything in the run folder."""
     from fedmeta.report import write_report
     from fedmeta.rundir import RunDir
-    from fedmeta.train import build
 
+    overrides = list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else [])
+    if seeds is not None or sweep:
+        if resume is not None:
+            raise BadInput("--seeds" if seeds is not None else "--sweep", seeds if seeds is not None else sweep[0],
+                           "not with --resume (the same command with the same --out continues a grid)")
+        _grid(config, overrides, out, 1 if seeds is None else seeds, sweep or [], progress)
+        return
     if resume is not None:
         if config is not None or set_ or data_dir:
             raise BadInput("--resume", str(resume), "no CONFIG or --set with --resume (the folder's config is used)")
@@ -41,28 +50,85 @@ def run(
                 write_report(folder.path)
             print(f"fedmeta: {folder.path} already finished (see summary.json); nothing to resume", file=sys.stderr)
             return
-        folder.read_checkpoint()  # a damaged or foreign checkpoint is refused before anything runs
-        runtime = Runtime(cfg) if cfg.federated is not None else build(cfg)
+        folder, cfg, runtime = _reopen(folder, cfg)
     else:
-        overrides = list(set_ or []) + ([f"data.data_dir={data_dir!r}"] if data_dir else [])
-        cfg = load_config(config, overrides)
-        # data, model and privacy budget are checked before the folder exists: a bad start
-        # never leaves a folder that blocks the same command
-        runtime = Runtime(cfg) if cfg.federated is not None else build(cfg)
-        cfg = runtime.cfg if cfg.federated is not None else cfg  # a table's schema, as read
-        folder = RunDir.create(out, cfg)
+        folder, cfg, runtime = _start(config, overrides, out)
+    _execute(folder, cfg, runtime, resume=resume is not None, progress=progress, hint=_resumable)
+
+
+def _runtime(cfg: Config) -> Any:
+    """What `drive` runs: the federated `Runtime` or the central setup."""
+    from fedmeta.federated.runtime import Runtime
+    from fedmeta.train import build
+
+    return Runtime(cfg) if cfg.federated is not None else build(cfg)
+
+
+def _start(config: Path | None, overrides: list[str], out: Path | None) -> tuple[RunDir, Config, Any]:
+    """A new run: config, data, model and privacy budget checked, then its folder created."""
+    from fedmeta.config import load_config
+    from fedmeta.rundir import RunDir
+
+    cfg = load_config(config, overrides)
+    # data, model and privacy budget are checked before the folder exists: a bad start
+    # never leaves a folder that blocks the same command
+    runtime = _runtime(cfg)
+    cfg = runtime.cfg if cfg.federated is not None else cfg  # a table's schema, as read
+    return RunDir.create(out, cfg), cfg, runtime
+
+
+def _reopen(folder: RunDir, cfg: Config) -> tuple[RunDir, Config, Any]:
+    """A begun run's folder, opened and locked, with its runtime; a damaged or foreign
+    checkpoint is refused before anything runs."""
+    try:
+        folder.read_checkpoint()
+        return folder, cfg, _runtime(cfg)
+    except BaseException:
+        folder.close()
+        raise
+
+
+def _execute(folder: RunDir, cfg: Config, runtime: Any, *, resume: bool, progress: bool,
+             hint: Callable[[RunDir], str]) -> dict[str, Any]:
+    """Drive the run into its folder and write its report; a failure of the run says `hint(folder)`."""
+    from fedmeta.api import drive, noise_notice
+    from fedmeta.report import write_report
+
     print(f"run folder: {folder.path}", file=sys.stderr)
     if notice := noise_notice(cfg):
         print(notice, file=sys.stderr)
     try:
-        summary = drive(cfg, folder, runtime, resume=resume is not None, show_progress=progress)
-    except (BadInput, KeyboardInterrupt):
-        raise
-    except Exception as err:
-        raise FedmetaError(f"{type(err).__name__}: {err} ({_resumable(folder)})") from err
-    write_report(folder.path)
-    folder.close()
+        try:
+            summary = drive(cfg, folder, runtime, resume=resume, show_progress=progress)
+        except (BadInput, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            raise FedmetaError(f"{type(err).__name__}: {err} ({hint(folder)})") from err
+        write_report(folder.path)
+    finally:
+        folder.close()
     print(f"done: {_figures(summary)}; report: {folder.path / 'report.html'}")
+    return summary
+
+
+def _grid(config: Path | None, overrides: list[str], out: Path | None, seeds: int, sweep: list[str],
+          progress: bool) -> None:
+    """Every cell of the sweep for every seed (fedmeta.sweep), each run as a single `fedmeta run`."""
+    from fedmeta import sweep as grid
+    from fedmeta.rundir import RunDir, default_folder
+
+    plan, cells = grid.plan_grid(config, overrides, sweep, seeds)
+    out = default_folder(plan["config"]["run.name"]) if out is None else out
+    grid.check_out(out, plan)
+
+    def execute(path: Path, items: list[str] | None) -> dict[str, Any]:
+        folder, cfg, runtime = _start(config, items, path) if items is not None else _reopen(*RunDir.open(path, lock=True))
+        return _execute(folder, cfg, runtime, resume=items is None, progress=progress,
+                        hint=lambda _: f"the same command continues the grid in {out}")
+
+    grid.run_grid(out, plan, cells, execute, lambda line: print(line, file=sys.stderr))
+    where = out / (grid.AGGREGATE_FILE if not sweep else grid.SWEEP_FILE)
+    print(f"done: {len(cells) * seeds} runs ({len(cells)} cells x {seeds} seeds); aggregates: {where}")
 
 
 def _figures(summary: dict[str, Any]) -> str:
