@@ -15,7 +15,7 @@ from fedmeta.rundir import RunDir
 pytestmark = pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning")
 
 
-def test_loopback_deployment_equals_the_in_process_run(config, tmp_path, monkeypatch):
+def test_loopback_deployment_equals_the_in_process_run(config, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
     cfg = config(privacy={"dp": "example", "noise_multiplier": 1.0, "example_sample_rate": 0.5,
                                "clip_norm": 1.0, "delta": 1e-5, "noise_seed": 7},
@@ -23,10 +23,15 @@ def test_loopback_deployment_equals_the_in_process_run(config, tmp_path, monkeyp
     cfg = cfg.model_copy(update={"ledger": cfg.ledger.model_copy(update={"enabled": True})})
     (tmp_path / "cfg.toml").write_text(cfg.to_toml())
     assert main(["run", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+    capsys.readouterr()
     assert main(["deploy", "local", str(tmp_path / "cfg.toml"), "--clients", "3", "--out", str(tmp_path / "flower")]) == 0
     local, flower = RunDir(tmp_path / "local"), RunDir(tmp_path / "flower")
     a, b = torch.load(local.path / "model.pt"), torch.load(flower.path / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    streamed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("round ")]
+    assert [line.split()[1] for line in streamed] == [f"{m['round']}/3" for m in flower.metrics()]  # a line per row
+    kept = {p.name for p in (flower.path / "flower-logs").iterdir()}
+    assert {"superlink.log", "flwr-run.log", "supernode-0.log"} <= kept  # Flower's logs stay with the run
     strip = ("seconds", "ledger")
     sa, sb = (json.loads((r.path / "summary.json").read_text()) for r in (local, flower))
     assert {k: v for k, v in sa.items() if k not in strip} == {k: v for k, v in sb.items() if k not in strip}

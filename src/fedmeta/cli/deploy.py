@@ -88,9 +88,13 @@ def local(
     folder = created.path
     created.close()  # the ServerApp process takes the writer's lock
     work = Path(tempfile.mkdtemp(prefix="fedmeta-deploy-"))
-    print(f"run folder: {folder}; Flower logs: {work / 'logs'}", file=sys.stderr)
-    run_local(folder / "config.toml", folder, clients, n, workdir=work, deadline=deadline, owner_files=data)
-    shutil.rmtree(work, ignore_errors=True)
+    logs = folder / "flower-logs"
+    print(f"run folder: {folder}; Flower logs: {logs}", file=sys.stderr)
+    try:
+        run_local(folder / "config.toml", folder, clients, n, workdir=work, deadline=deadline, owner_files=data,
+                  logs=logs, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     final = json.loads((folder / "summary.json").read_text())["final"]
     figures = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float))
     print(f"done: {figures}; report: {folder / 'report.html'}")

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,12 @@ class Processes:
             out.close()
 
 
+def _rounds(config: Path) -> int:
+    import tomllib
+
+    return int(tomllib.loads(config.read_text()).get("federated", {}).get("rounds", 0))
+
+
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     stop = time.monotonic() + timeout
     while time.monotonic() < stop:
@@ -263,15 +270,43 @@ def read_failure(path: Path, logs: Path) -> FedmetaError | None:
     return FedmetaError(f"the ServerApp failed: {record['error']}: {record['message']} (Flower logs in {logs})")
 
 
+class MetricsTail:
+    """The rows a run appends to its `metrics.jsonl`, each read once (a row still being
+    written waits for its newline)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def progress_line(row: dict[str, Any], rounds: int) -> str:
+    """One line per metrics row: `round 2/10  test  loss_after=0.41 acc_after=0.83`."""
+    shown = ("loss_after", "acc_after", "epsilon") if row.get("split") != "round" else ("bytes_up", "epsilon")
+    figures = " ".join(f"{k}={row[k]:.4g}" for k in shown if isinstance(row.get(k), (int, float)))
+    return f"round {row.get('round')}/{rounds}  {row.get('split')}  {figures}".rstrip()
+
+
 def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir: Path, deadline: float = 3600.0,
-              timeout: float = 3600.0, tls: TLS | None = None, owner_files: list[Path] | None = None) -> Path:
+              timeout: float = 3600.0, tls: TLS | None = None, owner_files: list[Path] | None = None,
+              logs: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """A whole deployment on loopback: superlink (listening on 127.0.0.1 only), `clients`
     supernodes holding clients 0..clients−1 of the config's `partitions` (its
     federated.n_clients) — or, with `owner_files`, one supernode per file reading it as its
     owner's table —, `flwr run --stream`; returns the run folder once summary.json is
     there. Every Flower process dies with this one. If the ServerApp fails, its error is
-    raised here (bad input as `BadInput`). Logs stay in `workdir/logs`. With `tls`, its
-    certificate must name 127.0.0.1."""
+    raised here (bad input as `BadInput`). Flower's logs go to `logs` (default
+    `workdir/logs`); `progress` gets one line per metrics row as the run writes it. With
+    `tls`, its certificate must name 127.0.0.1."""
     nodes = ([{"partition-id": i, "num-partitions": partitions} for i in range(clients)] if owner_files is None
              else [{"data-file": str(f.resolve())} for f in owner_files])
     check_seconds("--deadline", deadline)
@@ -280,7 +315,8 @@ def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir
     env = {**os.environ, "FLWR_HOME": str(workdir / "flwr-home"), "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     write_connection(workdir / "flwr-home", f"{LOOPBACK}:{port}", tls)
-    failure, logs = workdir / "serverapp-error.json", workdir / "logs"
+    failure, logs = workdir / "serverapp-error.json", logs or workdir / "logs"
+    rounds, tail = _rounds(config), MetricsTail(out / "metrics.jsonl")
     failure.unlink(missing_ok=True)
     app = write_app(workdir / "app", {"config": str(config.resolve()), "out": str(out.resolve()), "min-nodes": len(nodes),
                                       "wait": 300, "deadline": deadline, "resume": False, ERROR_FILE: str(failure)})
@@ -295,7 +331,11 @@ def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir
         while runner.poll() is None and not failure.exists():  # a failed ServerApp may leave `flwr run` waiting
             if time.monotonic() > stop:
                 raise FedmetaError(f"the deployment did not finish in {timeout:.0f} s; logs in {logs}")
+            for row in tail.new_rows() if progress else ():
+                progress(progress_line(row, rounds))
             time.sleep(0.5)
+    for row in tail.new_rows() if progress else ():
+        progress(progress_line(row, rounds))
     if (err := read_failure(failure, logs)) is not None:
         raise err
     if not (out / "summary.json").is_file():
