@@ -25,6 +25,9 @@ Run from the repository root: `python benchmarks/fed_speed.py` (about 4 minutes;
 Ray sets OMP_NUM_THREADS of a worker to the CPUs assigned to it (1 here), fedmeta uses
 `--threads` (default 1), because on a shared 2-core machine two spinning intra-op
 threads per process made small MLP steps an order of magnitude slower.
+
+`--device cuda` runs fedmeta's clients on the GPU (`run.device`; the server stays on the
+CPU) and adds each case's peak GPU memory; Flower's clients stay on the CPU.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from common import print_table  # noqa: E402
 from fedmeta.config import Config  # noqa: E402
 from fedmeta.data.base import TaskBatch  # noqa: E402
 from fedmeta.data.federated import FederatedData  # noqa: E402
+from fedmeta.device import batch_to, resolve, to_device  # noqa: E402
 from fedmeta.federated.client import local_update  # noqa: E402
 from fedmeta.federated.runtime import ClientSide, Runtime  # noqa: E402
 
@@ -58,10 +62,10 @@ ALPHA, BETA = 0.01, 0.001
 SIZES = (100, 1000)
 
 
-def config(per_round: int, batching: str = "vmap", n_clients: int = N_CLIENTS) -> Config:
+def config(per_round: int, batching: str = "vmap", n_clients: int = N_CLIENTS, device: str = "cpu") -> Config:
     return Config.model_validate(
         {
-            "run": {"seed": 0},
+            "run": {"seed": 0, "device": device},
             "data": {"name": "sinusoid", "k_shot": 10, "k_query": 10},
             "model": {"name": "mlp", "hidden": [40, 40]},
             "meta": {"algorithm": "maml", "inner_steps": 1, "inner_lr": ALPHA},
@@ -94,12 +98,14 @@ def plain_maml_update(
     return {k: (p - BETA * total[k] / n).detach() for k, p in params.items()}
 
 
-def check_equivalence() -> float:
+def check_equivalence(device: str) -> float:
     """Largest |Δ_plain − Δ_fedmeta| of one client's update on the same episodes."""
-    runtime = Runtime(config(10, n_clients=10))
-    training, params = runtime.clients.training, runtime.params
+    runtime = Runtime(config(10, n_clients=10, device=device))
+    training = runtime.clients.training
+    params = to_device(runtime.params, training.device)
     batch, steps = training.episodes([0], runtime.server.generator(1))[0]
-    ours = local_update(training.procedure, params, batch, torch.tensor(steps))
+    batch = batch_to(batch, training.device)
+    ours = local_update(training.procedure, params, batch, torch.tensor(steps, device=training.device))
     one = TaskBatch(batch.xs[0], batch.ys[0], batch.xq[0], batch.yq[0])  # (tasks, K, 1)
     plain = plain_maml_update(runtime.clients.model, params, one)
     return max(float((plain[k] - params[k] - ours[k]).abs().max()) for k in ours)
@@ -113,15 +119,18 @@ def worker_state(n_clients: int) -> tuple[FederatedData, torch.nn.Module]:
 
 
 # -- cases, each run in a child process --------------------------------------------------
-def fedmeta_case(per_round: int, batching: str, rounds: int) -> dict:
-    runtime = Runtime(config(per_round, batching))
+def fedmeta_case(per_round: int, batching: str, rounds: int, device: str) -> dict:
+    runtime = Runtime(config(per_round, batching, device=device))
     runtime.run_round()  # warm-up, not counted
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        runtime.run_round()
+        runtime.run_round()  # ends with the updates on the CPU: the GPU's work is done
         times.append(time.perf_counter() - t)
-    return {"round_seconds": statistics.median(times), "rounds": rounds}
+    out = {"round_seconds": statistics.median(times), "rounds": rounds}
+    if runtime.clients.training.device.type == "cuda":
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def flower_case(per_round: int, rounds: int) -> dict:
@@ -268,23 +277,26 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the fedmeta process")
     ap.add_argument("--skip-flower", action="store_true")
+    ap.add_argument("--device", default="cpu", help="fedmeta's clients: cpu, cuda, cuda:N or mps (as run.device)")
     args = ap.parse_args()
+    resolve(args.device)  # an absent device is refused before any case runs
     torch.set_num_threads(args.threads)
     if args.case:  # child process: one case, one JSON line
         if args.case == "flower":
             print(json.dumps(flower_case(args.per_round, args.rounds)))
         else:
-            print(json.dumps(fedmeta_case(args.per_round, args.case, args.rounds)))
+            print(json.dumps(fedmeta_case(args.per_round, args.case, args.rounds, args.device)))
         return
 
     print(
-        f"plain-autograd client update vs fedmeta's, same episodes: max |difference| = {check_equivalence():.2e}"
+        f"plain-autograd client update vs fedmeta's on {args.device}, same episodes: "
+        f"max |difference| = {check_equivalence(args.device):.2e}"
     )
     results: dict[tuple[str, int], dict] = {}
     for n in SIZES:
         for case in ("vmap", "loop") + (() if args.skip_flower else ("flower",)):
             rounds = 1 if case != "vmap" and n == 1000 else args.rounds
-            extra = [] if case == "flower" else ["--threads", str(args.threads)]
+            extra = [] if case == "flower" else ["--threads", str(args.threads), "--device", args.device]
             results[case, n] = r = run_child(
                 ["--case", case, "--per-round", str(n), "--rounds", str(rounds), *extra],
                 timeout=600,

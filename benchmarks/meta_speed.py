@@ -16,7 +16,9 @@ Before timing, every method's gradient of the first step is compared with the pl
 For Conv4 the FLOPs of one meta-step are counted with `torch.utils.flop_counter` (forward,
 backward and double backward) and set against a measured 2048x2048 fp32 matmul rate.
 
-Run from the repository root: `python benchmarks/meta_speed.py --data-dir ../shared/data`.
+Run from the repository root: `python benchmarks/meta_speed.py --data-dir ../shared/data`;
+`--device cuda` runs every method on the GPU (models and episodes moved there; each timed
+call waits for the GPU's queued work), the matmul peak measured there too.
 Timings are medians of interleaved repeats; on a shared machine the ratios, measured back
 to back in one run, are the figures to quote, not the absolute rates.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import statistics
 import sys
@@ -46,6 +49,7 @@ from fedmeta.config import DataConfig  # noqa: E402
 from fedmeta.data import make_tasks  # noqa: E402
 from fedmeta.data.base import Kind, TaskBatch  # noqa: E402
 from fedmeta.data.sinusoid import Sinusoid  # noqa: E402
+from fedmeta.device import batch_to, resolve  # noqa: E402
 from fedmeta.meta import MAML  # noqa: E402
 from fedmeta.meta.base import loss_for  # noqa: E402
 from fedmeta.models import MLP, Conv4, parameters_of  # noqa: E402
@@ -193,14 +197,22 @@ def check_gradients(methods: dict[str, Method], batch: TaskBatch) -> dict[str, f
     }
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 GFLOP/s of an n x n matmul (2 n^3 FLOPs), median of `repeats`."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Measured fp32 GFLOP/s of an n x n matmul (2 n^3 FLOPs) on `device`, median of `repeats`."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 
@@ -223,11 +235,11 @@ class Case:
     target: float  # wanted ratio of the best fedmeta batching over the plain loop
 
 
-def run_case(case: Case) -> tuple[dict[str, float], dict[str, float], dict[str, Method]]:
+def run_case(case: Case, device: torch.device) -> tuple[dict[str, float], dict[str, float], dict[str, Method]]:
     methods = methods_for(case.model, case.kind, case.alpha, compiled=case.kind == "classification")
     errors = check_gradients(methods, case.batch)
     seconds = interleaved_medians(
-        {name: (lambda m=m: m.step(case.batch)) for name, m in methods.items()},
+        {name: (lambda m=m: (m.step(case.batch), synchronize(device))) for name, m in methods.items()},
         case.calls,
         case.repeats,
     )
@@ -240,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--conv-tasks", type=int, default=8, help="Conv4 meta-batch")
     parser.add_argument("--case", choices=("all", "sinusoid", "conv4"), default="all")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (as run.device)")
     args = parser.parse_args(argv)
+    device = resolve(args.device)
     torch.set_num_threads(args.threads)
     load_at_start = os.getloadavg()[0]
     torch.manual_seed(0)
@@ -289,11 +303,12 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
 
+    cases = [dataclasses.replace(c, model=c.model.to(device), batch=batch_to(c.batch, device)) for c in cases]
     rows, summary, gradient_rows = [], [], []
     conv: tuple[Case, dict[str, float], dict[str, Method]] | None = None
     for case in cases:
         start = time.perf_counter()
-        seconds, errors, methods = run_case(case)
+        seconds, errors, methods = run_case(case, device)
         rate = {name: case.batch.n_tasks / s for name, s in seconds.items()}
         ours_all = [name for name in rate if name.startswith("fedmeta")]
         for ours in ours_all:
@@ -331,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         "\nMeta-training throughput (tasks/s; median of interleaved repeats, "
-        f"{args.threads} threads; 1-min load average {load_at_start:.1f} at the start, "
+        f"{device}, {args.threads} threads; 1-min load average {load_at_start:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end)\n"
     )
     print_table(["case", "fedmeta", "tasks/s", "peer", "tasks/s", "ratio"], rows)
@@ -351,12 +366,12 @@ def main(argv: list[str] | None = None) -> None:
     print("\nFirst-step meta-gradient: max |difference from plain loop| / max |plain gradient|\n")
     print_table(["case", *METHODS], gradient_rows)
     if conv is not None:
-        report_flops(*conv)
+        report_flops(*conv, device)
 
 
-def report_flops(case: Case, seconds: dict[str, float], methods: dict[str, Method]) -> None:
+def report_flops(case: Case, seconds: dict[str, float], methods: dict[str, Method], device: torch.device) -> None:
     """Achieved GFLOP/s of each method on the Conv4 case against the matmul peak."""
-    peak = matmul_gflops()
+    peak = matmul_gflops(device)
     flops = {
         name: flops_of(methods[name].step, case.batch) for name in ("fedmeta loop", "fedmeta vmap")
     }

@@ -9,7 +9,7 @@ report included; without it the run goes to a temporary folder that is removed, 
 `Result` keeps what it read from it.
 
 Parts given as Python objects rather than named in the config (`model`, `strategy`,
-`robust`, `client_steps`, `data`) are recorded by name under `"python"` in `summary.json`: the
+`robust`, `client_steps`, `data`, `procedure`) are recorded by name under `"python"` in `summary.json`: the
 config alone does not reproduce such a run (docs/extending.md).
 """
 
@@ -108,7 +108,8 @@ def _run_name(config_toml: bytes) -> str:
 
 def run(config: str | os.PathLike | Mapping[str, Any] | Config, *, overrides: Mapping[str, Any] | None = None,
         out: str | os.PathLike | None = None, progress: bool = True, model: Any = None, strategy: Any = None,
-        robust: Any = None, client_steps: Mapping[str, Any] | None = None, data: Any = None) -> Result:
+        robust: Any = None, client_steps: Mapping[str, Any] | None = None, data: Any = None,
+        procedure: Any = None) -> Result:
     """Run `config` as `fedmeta run` does and return its `Result`.
 
     config: a TOML path, a dict laid out as the TOML, or a `fedmeta.config.Config`.
@@ -123,6 +124,9 @@ def run(config: str | os.PathLike | Mapping[str, Any] | Config, *, overrides: Ma
     client_steps: name -> `(init, apply)` client step, run after the DP step.
     data: the clients, in place of the config's dataset: a `FederatedData` (e.g. from
         `fedmeta.data.federated.from_tensors`), whose clients sample episodes.
+    procedure: the clients' local procedure in place of `federated.clients.procedure`: an
+        object with `step(params, anchor, episodes) -> params`, or a factory
+        `(model, kind) -> such an object`.
 
     Bad input of any kind is a one-line `fedmeta.errors.BadInput` (`ConfigError` for the
     config) naming the field or argument, raised before anything is written.
@@ -133,7 +137,7 @@ def run(config: str | os.PathLike | Mapping[str, Any] | Config, *, overrides: Ma
     level, threads = absl.level, torch.get_num_threads()
     absl.setLevel(logging.ERROR)
     try:
-        return _run(config, overrides, out, progress, model, strategy, robust, client_steps, data)
+        return _run(config, overrides, out, progress, model, strategy, robust, client_steps, data, procedure)
     finally:
         absl.setLevel(level)
         torch.set_num_threads(threads)  # the run sets its own (fedmeta.threads); the caller's comes back
@@ -158,16 +162,18 @@ def drive(cfg: Config, folder: Any, runtime: Any, *, resume: bool = False, show_
     return train(cfg, folder, resume=resume, show_progress=show_progress, setup=runtime)
 
 
-def _run(config, overrides, out, progress, model, strategy, robust, client_steps, data) -> Result:
+def _run(config, overrides, out, progress, model, strategy, robust, client_steps, data, procedure) -> Result:
     from fedmeta.federated.runtime import Runtime, provenance
 
     cfg = resolve_config(config, overrides)
     if cfg.federated is not None:
         steps = dict(client_steps) if isinstance(client_steps, Mapping) else client_steps  # anything else: refused
-        runtime: Any = Runtime(cfg, strategy=strategy, client_steps=steps, robust=robust, model=model, data=data)
+        runtime: Any = Runtime(cfg, strategy=strategy, client_steps=steps, robust=robust, model=model, data=data,
+                               procedure=procedure)
         network, python, cfg = runtime.clients.model, runtime.provenance, runtime.cfg
     else:
-        for name, value in (("strategy", strategy), ("robust", robust), ("client_steps", client_steps), ("data", data)):
+        for name, value in (("strategy", strategy), ("robust", robust), ("client_steps", client_steps), ("data", data),
+                            ("procedure", procedure)):
             if value is not None:
                 raise BadInput(name, shown(value), "a federated config (a [federated] section); this config is a "
                                                     "central run, which has no server or clients")
@@ -239,7 +245,7 @@ def _result(path: Path, network: nn.Module, run_dir: Path | None) -> Result:
     files = {name: (path / name).read_bytes() for name in REPORT_INPUTS if (path / name).is_file()}
     history = [json.loads(line) for line in files["metrics.jsonl"].decode().splitlines() if line.strip()]
     params = torch.load(path / "model.pt", weights_only=True)
-    model = copy.deepcopy(network)
+    model = copy.deepcopy(network).cpu()  # with the parameters of model.pt, on the CPU
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name in params:

@@ -1,5 +1,6 @@
 """The parts a config names, built in one place for central and federated runs: the
-network (`model.name`, "auto" resolved by `Config.model_name`) and the meta-learner."""
+network (`model.name`, "auto" resolved by `Config.model_name`), initialised on the CPU and
+placed on the run's device (`run.device`), and the meta-learner."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from fedmeta.config import Config
 from fedmeta.config.sections import MODEL_NAMES
+from fedmeta.device import resolve
 from fedmeta.errors import BadInput, shown
 from fedmeta.meta import ALGORITHMS, MetaLearner
 from fedmeta.models import HEAD, build_model
@@ -29,11 +31,17 @@ def model_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int) -> nn.Modul
 
         factory = load_plugin("model", name, "model.name", MODEL_NAMES)
         try:
-            return network_for(cfg, x_shape, n_outputs, factory, field_name="model.name")
+            return _network(cfg, x_shape, n_outputs, factory, field_name="model.name")
         except BadInput as err:  # shown as the config gives it, not by the factory's qualified name
             raise type(err)(err.field, name, err.accepted) from None
     torch.manual_seed(cfg.run.seed)
     return build_model(name, x_shape, n_outputs, hidden=cfg.model.hidden, filters=cfg.model.filters)
+
+
+def device_for(cfg: Config) -> torch.device:
+    """`run.device` resolved on this machine (`fedmeta.device.resolve`): a device it lacks
+    is a one-line `ConfigError`, raised before anything is built or written."""
+    return resolve(cfg.run.device, example_dp=cfg.privacy.dp == "example")
 
 
 def learner_for(cfg: Config, model: nn.Module, kind: str, algorithm: str | None = None) -> MetaLearner:
@@ -52,7 +60,15 @@ def _first_line(err: BaseException) -> str:
 
 def network_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int,
                 model: nn.Module | ModelFactory | None = None, field_name: str = "model") -> nn.Module:
-    """The run's network: the config's (`model_for`), or one given from Python. A module is
+    """The run's network (`_network`), built and checked on the CPU, then placed on the
+    run's device (`device_for`)."""
+    device = device_for(cfg)
+    return _network(cfg, x_shape, n_outputs, model, field_name).to(device)
+
+
+def _network(cfg: Config, x_shape: tuple[int, ...], n_outputs: int,
+             model: nn.Module | ModelFactory | None = None, field_name: str = "model") -> nn.Module:
+    """The config's network (`model_for`), or one given from Python. A module is
     deep-copied (its architecture and its parameters are the run's initial ones); a factory
     `(x_shape, n_outputs) -> nn.Module` is called after seeding torch with `run.seed`, as
     `model_for` builds the config's. Either must map a batch of the data's inputs to

@@ -1,9 +1,11 @@
 """Centralized meta-training: the loop `fedmeta run` drives when no federation is configured.
 
-Each iteration samples a meta-batch of episodes, computes the meta-gradient with the
-configured learner and applies the outer optimizer. Every `eval_every` iterations the
-same held-out episodes are scored before and after adaptation, a metrics line is written
-and a checkpoint taken, so `--resume` continues exactly where the run stopped.
+Each iteration samples a meta-batch of episodes (on the CPU, from the run's generator),
+moves it to the run's device (`run.device`), computes the meta-gradient with the
+configured learner and applies the outer optimizer there. Every `eval_every` iterations
+the same held-out episodes are scored before and after adaptation, a metrics line is
+written and a checkpoint taken (CPU tensors, as `model.pt`), so `--resume` continues
+exactly where the run stopped.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 
 import torch
 
-from fedmeta.build import learner_for, model_for
+from fedmeta.build import learner_for, network_for
 from fedmeta.config import Config
 from fedmeta.data import make_tasks
 from fedmeta.data.base import TaskDistribution
+from fedmeta.device import batch_to, device_of, to_cpu
 from fedmeta.meta import MetaLearner, Params
 from fedmeta.models import parameters_of
 from fedmeta.progress import progress_bar
@@ -37,7 +40,7 @@ class Setup:
 
 def build(cfg: Config) -> Setup:
     train_tasks, test_tasks = make_tasks(cfg.data, "train"), make_tasks(cfg.data, "test")
-    model = model_for(cfg, train_tasks.x_shape, train_tasks.n_outputs)
+    model = network_for(cfg, train_tasks.x_shape, train_tasks.n_outputs)
     learner = learner_for(cfg, model, train_tasks.kind)
     return Setup(train_tasks, test_tasks, learner, learner.init(parameters_of(model)))
 
@@ -60,7 +63,7 @@ def train(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool
     metrics rows, then published; the end commits the summary, then writes `model.pt` and
     `summary.json` (`fedmeta.rundir`), so a resumed run repeats nothing it published."""
     setup = build(cfg) if setup is None else setup
-    learner, meta = setup.learner, setup.meta
+    learner, meta, device = setup.learner, setup.meta, device_of(setup.learner.model)
     use_threads(cfg, learner.batching)
     opt = outer_optimizer(cfg, meta)
     gen = torch.Generator().manual_seed(cfg.run.seed)
@@ -78,21 +81,22 @@ def train(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool
     def publish(step: dict[str, Any]) -> dict | None:
         if "final" not in step:
             return None
-        run.save_model(meta)
+        run.save_model(to_cpu(meta))
         run.write_json("summary.json", step["final"])
         return step["final"]
 
     def commit(step: dict[str, Any]) -> dict | None:
         progress["elapsed"] = time.perf_counter() - t0
-        state = {"meta": meta, "optimizer": opt.state_dict(), "generator": gen.get_state(), "progress": progress}
+        state = {"meta": to_cpu(meta), "optimizer": to_cpu(opt.state_dict()), "generator": gen.get_state(),
+                 "progress": progress}
         run.commit(state, step)
         return publish(step)
 
     if committed is not None and (done := publish(committed["publish"])) is not None:
         return done
     evals = {
-        "test": eval_batch(cfg, setup.test_tasks, 10_000),
-        "train": eval_batch(cfg, setup.train_tasks, 20_000),
+        "test": batch_to(eval_batch(cfg, setup.test_tasks, 10_000), device),
+        "train": batch_to(eval_batch(cfg, setup.train_tasks, 20_000), device),
     }
 
     def evaluate(it: int, train_loss: float | None) -> list[dict]:
@@ -110,7 +114,8 @@ def train(cfg: Config, run: RunDir, *, resume: bool = False, show_progress: bool
         if committed is None:
             commit({"rows": evaluate(0, None)})
         for it in range(start + 1, cfg.train.iterations + 1):
-            loss, grads = learner.meta_gradient(meta, setup.train_tasks.sample(cfg.meta.meta_batch_size, gen))
+            batch = batch_to(setup.train_tasks.sample(cfg.meta.meta_batch_size, gen), device)
+            loss, grads = learner.meta_gradient(meta, batch)
             for k, p in meta.items():
                 p.grad = grads[k]
             opt.step()

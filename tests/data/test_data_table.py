@@ -287,3 +287,41 @@ def test_data_schema_prints_what_a_server_without_rows_runs_on(tmp_path, capsys)
 def write_toml(path: Path, raw: dict) -> Path:
     path.write_text(tomli_w.dumps(raw))
     return path
+
+
+def test_k_shot_per_class_episodes_hold_k_of_each_class(tmp_path):
+    path = write_csv(tmp_path / "h.csv", hospitals(rows_each=40))
+    raw = raw_config(path)
+    raw["federated"]["partition"] = {"support_size": 2, "query_size": 3, "shots": "per_class"}
+    data = make_federated(Config.model_validate(raw), torch.Generator().manual_seed(0))
+    client = data.train[0]
+    batch = client.sample(6, torch.Generator().manual_seed(1))
+    assert batch.xs.shape[:2] == (6, 2 * 2) and batch.xq.shape[:2] == (6, 2 * 3)
+    for t in range(6):
+        assert torch.bincount(batch.ys[t], minlength=2).tolist() == [2, 2]
+        assert torch.bincount(batch.yq[t], minlength=2).tolist() == [3, 3]
+        rows = {tuple(r.tolist()) for r in torch.cat([batch.xs[t], batch.xq[t]])}
+        assert len(rows) == 10 and rows <= {tuple(r.tolist()) for r in client.x}  # disjoint, the client's own
+    assert fedmeta_run_ok(raw)
+
+
+def fedmeta_run_ok(raw: dict) -> bool:
+    import fedmeta
+
+    result = fedmeta.run(raw, overrides={"federated.rounds": 1}, progress=False)
+    return result.summary["rounds"] == 1
+
+
+def test_k_shot_per_class_refuses_a_client_short_of_a_class(tmp_path):
+    rows = [r for r in hospitals() if not (r[0] == "beta" and r[4] == "good")][:-1] + [
+        r for r in hospitals() if r[0] == "beta" and r[4] == "good"][:3]
+    raw = raw_config(write_csv(tmp_path / "h.csv", rows))
+    raw["federated"]["partition"] = {"support_size": 2, "query_size": 3, "shots": "per_class"}
+    with pytest.raises(ConfigError) as err:
+        make_federated(Config.model_validate(raw), torch.Generator())
+    assert err.value.field == "federated.partition.shots" and "'beta' holds 3 of class 'good'" in str(err.value)
+    regression = raw_config(tmp_path / "h.csv", task="regression", label_column="dose")
+    regression["data"]["features"] = ["age", "ward"]
+    regression["federated"]["partition"] = {"shots": "per_class"}
+    with pytest.raises(Exception, match="federated.partition.shots"):
+        Config.model_validate(regression)

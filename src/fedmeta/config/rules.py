@@ -71,6 +71,7 @@ _PARTITION_USES = {  # keys of [federated.partition] that only some datasets rea
     "synthetic_alpha": {"synthetic"},
     "synthetic_beta": {"synthetic"},
     "drawers_per_client": {"omniglot"},
+    "shots": {"table"},
 }
 
 
@@ -170,6 +171,8 @@ def _check_table(cfg: Config) -> None:
                 raise ConfigError("data.features", name, f"a column other than data.{which}_column")
             if data.features.count(name) > 1:
                 raise ConfigError("data.features", name, "distinct columns (it is listed twice)")
+    if fed.partition.shots == "per_class" and data.task == "regression":
+        raise ConfigError("federated.partition.shots", "per_class", "'per_task' with data.task = 'regression' (no classes)")
     if fed.partition.scheme == "shards":
         raise ConfigError("federated.partition.scheme", "shards",
                           "'natural' for table data: each value of data.client_column is a client")

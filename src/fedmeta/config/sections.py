@@ -4,6 +4,7 @@ sections (`rules.py`)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ PosFloat = Annotated[float, Field(gt=0)]
 MAX_SEED = 2**63 - 1  # torch and numpy seed from a 64-bit integer; the run adds small offsets
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MAX_THREADS = 1024
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:(0|[1-9][0-9]*))?")
 
 
 
@@ -35,6 +37,7 @@ class RunConfig(Section):
     seed: Seed = 0
     threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = None  # torch intra-op threads; default: 1 for vmapped (MLP) runs, else torch's
     tensorboard: bool | None = None  # true: TensorBoard event files in <run folder>/tensorboard (pip install tensorboard)
+    device: str | None = None  # "auto" (None), "cpu", "cuda", "cuda:<index>" or "mps"; resolved by fedmeta.device
 
     @field_validator("name")
     @classmethod
@@ -43,6 +46,13 @@ class RunConfig(Section):
             raise ConfigError("run.name", name, "a file name: not empty, no '/', '\\' or control characters, "
                                                 "not starting with '.' (it names the folder runs/<name>-<time>)")
         return name
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str | None) -> str | None:
+        if device is not None and not DEVICE.fullmatch(device):
+            raise ConfigError("run.device", device, "'auto', 'cpu', 'cuda', 'cuda:<index>' (e.g. 'cuda:1') or 'mps'")
+        return device
 
 
 class ColumnSchema(Section):
@@ -135,6 +145,9 @@ class PartitionConfig(Section):
     drawers_per_client: PosInt = 5
     support_size: PosInt = 10
     query_size: PosInt = 10
+    # table classification: support_size and query_size rows of each class per episode
+    # ("per_class", K-shot), or of any class ("per_task"); unset: "per_task"
+    shots: Literal["per_task", "per_class"] | None = None
 
 
 class ClientsConfig(Section):

@@ -35,6 +35,7 @@ class ExampleClient:
     query: int
     kind: Kind
     n_outputs: int
+    per_class: bool = False  # K-shot: `support` and `query` examples of every class per episode
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -45,6 +46,8 @@ class ExampleClient:
         return self.x.shape[0]
 
     def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        if self.per_class:
+            return self._per_class(n_tasks, generator)
         n, need = self.n_examples, self.support + self.query
         if n >= need:  # disjoint support and query, without replacement
             idx = torch.rand(n_tasks, n, generator=generator).argsort(dim=1)[:, :need]
@@ -53,6 +56,18 @@ class ExampleClient:
         x, y = self.x[idx], self.y[idx]  # (tasks, need, ...)
         s = self.support
         return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:])
+
+
+    def _per_class(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        """K-shot episodes: of each class, `support` and `query` disjoint examples (the client
+        holds at least their sum of every class; `data/table.py` checks)."""
+        need, parts = self.support + self.query, []
+        for c in range(self.n_outputs):
+            rows = (self.y == c).nonzero().squeeze(1)
+            parts.append(rows[torch.rand(n_tasks, len(rows), generator=generator).argsort(dim=1)[:, :need]])
+        idx = torch.stack(parts, 1)  # (tasks, classes, need)
+        sup, qry = idx[:, :, : self.support].flatten(1), idx[:, :, self.support :].flatten(1)
+        return TaskBatch(self.x[sup], self.y[sup], self.x[qry], self.y[qry])
 
 
 @dataclass(frozen=True)

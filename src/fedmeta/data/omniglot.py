@@ -415,9 +415,11 @@ def lake_runs_error(learner: Any, meta: dict[str, Tensor], cfg: Any) -> float:
     """Lake error rate of a 20-way meta-learner: adapt on each run's 20 examples
     (`cfg.meta.eval_inner_steps` steps), predict the arg-max class of each test image."""
 
+    device = next((v.device for v in meta.values()), torch.device("cpu"))  # the run's (the images are on the CPU)
+
     def predict(train_x: Tensor, train_y: Tensor, test_x: Tensor) -> Tensor:
-        params = learner.adapt(meta, train_x, train_y, cfg.meta.eval_inner_steps)
-        return learner.forward(params, test_x).argmax(-1)
+        params = learner.adapt(meta, train_x.to(device), train_y.to(device), cfg.meta.eval_inner_steps)
+        return learner.forward(params, test_x.to(device)).argmax(-1).cpu()
 
     return lake_error_rate(predict, load_lake_runs(cfg.data.data_dir))
 

@@ -374,14 +374,24 @@ def _shape(columns: list[dict[str, Any]], labels: list[str] | None) -> tuple[Kin
     return ("regression", 1, (width,)) if labels is None else ("classification", len(labels), (width,))
 
 
-def _check_sizes(fed: Any, owners: dict[str, list[int]], dropped: bool) -> None:
+def _check_sizes(fed: Any, owners: dict[str, list[int]], dropped: bool, targets: np.ndarray,
+                 labels: list[str] | None) -> None:
+    """Every client holds an episode: support_size + query_size rows, of each class with
+    `shots = "per_class"`."""
     support, query = fed.partition.support_size, fed.partition.query_size
+    why = " (after dropping rows with missing values)" if dropped else ""
     for value, mine in owners.items():
         if len(mine) < support + query:
-            why = " (after dropping rows with missing values)" if dropped else ""
             raise ConfigError("federated.partition.support_size", support,
                               f"support_size + query_size = {support + query} at most the rows of every client: "
                               f"client {value!r} holds {len(mine)} rows{why}")
+        if fed.partition.shots == "per_class":
+            counts = np.bincount(targets[mine], minlength=len(labels))
+            short = int(np.argmin(counts))
+            if counts[short] < support + query:
+                raise ConfigError("federated.partition.shots", "per_class",
+                                  f"clients holding support_size + query_size = {support + query} rows of every class, "
+                                  f"or 'per_task': client {value!r} holds {counts[short]} of class {labels[short]!r}{why}")
 
 
 def federated_table(data: Any, fed: Any, owner_file: str | None = None, owner: str | None = None) -> TableData:
@@ -423,7 +433,7 @@ def federated_table(data: Any, fed: Any, owner_file: str | None = None, owner: s
         if absent:
             raise ConfigError("data.clients", _show(clients), f"owners with rows in data.path ({absent[0]!r} has none)")
     train, held = _split(data, fed, clients)
-    _check_sizes(fed, owners, len(rows) < len(table.where))
+    _check_sizes(fed, owners, len(rows) < len(table.where), targets, labels)
     kind, n_outputs, shape = _shape(columns, labels)
 
     def client(value: str) -> ExampleClient | OwnedClient:
@@ -433,7 +443,8 @@ def federated_table(data: Any, fed: Any, owner_file: str | None = None, owner: s
         x = torch.from_numpy(encode_client(table, [rows[i] for i in mine], columns)).float()
         y = torch.from_numpy(targets[mine])
         y = y.float()[:, None] if kind == "regression" else y
-        return ExampleClient(x, y, fed.partition.support_size, fed.partition.query_size, kind, n_outputs)
+        return ExampleClient(x, y, fed.partition.support_size, fed.partition.query_size, kind, n_outputs,
+                             fed.partition.shots == "per_class")
 
     place = None
     if owner_file is not None:

@@ -73,8 +73,8 @@ def _partition(node_config: dict[str, Any]) -> tuple[int, int] | None:
         raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>") from None
 
 
-def client_side(cfg_toml: str, node_config: dict[str, Any],
-                steps: dict[str, ClientStep] | None = None) -> tuple[Config, ClientSide, int]:
+def client_side(cfg_toml: str, node_config: dict[str, Any], steps: dict[str, ClientStep] | None = None,
+                procedure: Any = None) -> tuple[Config, ClientSide, int]:
     """This supernode's config, clients' side (the config's steps, the app's extra `steps`
     and its own data) and client id (-1: an owner held out of training, which only
     evaluates). An owner that pinned its own copy of the config (node_config `config`, a
@@ -84,7 +84,8 @@ def client_side(cfg_toml: str, node_config: dict[str, Any],
     partition = _partition(node_config)
     data_dir, pinned = str(node_config.get("data-dir", "")), str(node_config.get("config", ""))
     own = (str(node_config.get("data-file", "")), str(node_config.get("owner", "")))
-    key = (cfg_toml, data_dir, pinned, own, tuple((name, id(step)) for name, step in (steps or {}).items()))
+    key = (cfg_toml, data_dir, pinned, own, tuple((name, id(step)) for name, step in (steps or {}).items()),
+           id(procedure))
     if key not in _clients:
         import tomllib
 
@@ -97,7 +98,7 @@ def client_side(cfg_toml: str, node_config: dict[str, Any],
         if partition is None and not own[0]:
             raise ConfigError("node_config", dict(node_config), "partition-id=<int> num-partitions=<int>, or data-file=<path>")
         _clients.clear()
-        _clients[key] = cfg, ClientSide.from_config(cfg, steps, data=_own_data(cfg, node_config))
+        _clients[key] = cfg, ClientSide.from_config(cfg, steps, data=_own_data(cfg, node_config), procedure=procedure)
     cfg, side = _clients[key]
     owner = getattr(side.data, "owner", None)
     n = len(side.data.train)
@@ -116,12 +117,13 @@ def client_key_path(cfg: Config, node_config: dict[str, Any], cid: int) -> Path 
 
 
 def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any], state: RecordDict,
-                  protocol: dict[str, Any] | None = None, steps: dict[str, ClientStep] | None = None) -> RecordDict:
+                  protocol: dict[str, Any] | None = None, steps: dict[str, ClientStep] | None = None,
+                  procedure: Any = None) -> RecordDict:
     """One client's round: local procedure → the client steps (privatize, compress, sign).
     `state` is the node's Flower context state, which keeps the steps' state between rounds.
     With `protocol` (secure aggregation's public parameters) the update stays on the node
     and the reply carries the client's AdvertiseKeys instead (secagg.py)."""
-    cfg, side, cid = client_side(str(header["config"]), node_config, steps)
+    cfg, side, cid = client_side(str(header["config"]), node_config, steps, procedure)
     if int(header["client"]) != cid:
         raise ConfigError("partition-id", cid, f"the client the server addressed ({header['client']})")
     r, attempt = int(header["round"]), int(header["attempt"])
@@ -151,16 +153,17 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
 
 
 class ClientHandlers:
-    """The ClientApp's message handlers; `steps`: extra client steps (as given to `Runtime`)."""
+    """The ClientApp's message handlers; `steps`: extra client steps, `procedure`: the local
+    procedure (as given to `Runtime`)."""
 
-    def __init__(self, steps: dict[str, ClientStep] | None = None):
-        self.steps = dict(steps or {})
+    def __init__(self, steps: dict[str, ClientStep] | None = None, procedure: Any = None):
+        self.steps, self.procedure = dict(steps or {}), procedure
 
     def train(self, msg: Message, context: Context) -> Message:
         params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
         protocol = dict(msg.content[PROTOCOL]) if PROTOCOL in msg.content else None
         reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state, protocol,
-                              self.steps)
+                              self.steps, self.procedure)
         return Message(reply, reply_to=msg)
 
     def secagg(self, msg: Message, context: Context) -> Message:
@@ -176,7 +179,8 @@ class ClientHandlers:
     def query(self, msg: Message, context: Context) -> Message:
         """Which client this is; an owner of its own table also says where it evaluates, and
         the SHA-256 of the schema its rows were read with, and how many rows it holds."""
-        _, side, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps)
+        _, side, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps,
+                                   self.procedure)
         body: dict[str, Any] = {"client": cid}
         if (owner := getattr(side.data, "owner", None)) is not None:
             from fedmeta.data.table import schema_sha256
@@ -189,7 +193,7 @@ class ClientHandlers:
     def evaluate(self, msg: Message, context: Context) -> Message:
         """Personalization on this owner's own evaluation episode: its figures go back, not its rows."""
         header = dict(msg.content[HEADER])
-        cfg, side, _ = client_side(str(header["config"]), dict(context.node_config), self.steps)
+        cfg, side, _ = client_side(str(header["config"]), dict(context.node_config), self.steps, self.procedure)
         owner, split = getattr(side.data, "owner", None), str(header["split"])
         if owner is None or owner[0] != split:
             raise ConfigError("split", split, f"the split this owner evaluates in ({owner and owner[0]})")
@@ -203,10 +207,11 @@ class ClientHandlers:
                        reply_to=msg)
 
 
-def make_client_app(steps: dict[str, ClientStep] | None = None) -> ClientApp:
-    """A ClientApp whose clients also run `steps` (a module of the owner's, named in its
-    pyproject's `clientapp`); `client_app` is the one without extra steps."""
-    handlers, app = ClientHandlers(steps), ClientApp()
+def make_client_app(steps: dict[str, ClientStep] | None = None, procedure: Any = None) -> ClientApp:
+    """A ClientApp whose clients also run `steps`, and `procedure` as their local procedure
+    (a module of the owner's, named in its pyproject's `clientapp`); `client_app` is the
+    stock one."""
+    handlers, app = ClientHandlers(steps, procedure), ClientApp()
     app.train()(handlers.train)
     for kind in (SHARE_KEYS, MASKED_INPUT, UNMASK):
         app.train(kind.split(".")[1])(handlers.secagg)

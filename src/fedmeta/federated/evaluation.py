@@ -5,6 +5,8 @@ own support set, from the global model (Chen et al. 2018; Fallah et al. 2020).
 Evaluation client i draws its one episode from its own stream (`evaluation_generator`), so
 the figures are the same whether the server holds the clients' data (in-process, or a
 deployed benchmark) or each owner computes its own (`client_figures`, on its supernode).
+The episodes are drawn on the CPU and scored on the run's device (`run.device`): the
+parameters and the episodes go there once per evaluation, the figures come back.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from fedmeta.data.base import TaskBatch
 from fedmeta.data.federated import FederatedData
+from fedmeta.device import batch_to, device_of, to_cpu, to_device
 from fedmeta.federated.sampling import evaluation_generator
 from fedmeta.meta import MetaLearner
 from fedmeta.params import Params
@@ -32,7 +35,8 @@ def client_figures(learner: MetaLearner, params: Params, clients: list, indices:
     `indices`: the clients' places among the split's evaluation clients."""
     eps = [c.sample(1, evaluation_generator(seed, split, i)) for c, i in zip(clients, indices, strict=True)]
     batch = TaskBatch(*(torch.cat([getattr(e, f) for e in eps]) for f in ("xs", "ys", "xq", "yq")))
-    return learner.evaluate(params, batch, inner_steps, per_task=True)
+    device = device_of(learner.model)
+    return to_cpu(learner.evaluate(to_device(params, device), batch_to(batch, device), inner_steps, per_task=True))
 
 
 def summarize(per: dict[str, torch.Tensor], split: str) -> dict[str, Any]:

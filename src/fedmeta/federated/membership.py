@@ -20,17 +20,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedmeta.data.federated import ExampleClient, FederatedData
+from fedmeta.device import device_of, to_device
 from fedmeta.meta.base import MetaLearner, Params
 from fedmeta.privacy.audit import loss_threshold_attack
 
 
 def per_example_loss(learner: MetaLearner, params: Params, x: Tensor, y: Tensor) -> Tensor:
-    """The global model's loss on each example (no adaptation); (n,)."""
+    """The global model's loss on each example (no adaptation), computed on the run's
+    device; (n,) on the CPU."""
+    device = device_of(learner.model)
+    x, y = x.to(device), y.to(device)
     with torch.no_grad():
-        out = learner.forward(learner.network(params), x)
+        out = learner.forward(learner.network(to_device(params, device)), x)
     if learner.kind == "regression":
-        return (out - y).pow(2).flatten(1).mean(1)
-    return F.cross_entropy(out, y, reduction="none")
+        return (out - y).pow(2).flatten(1).mean(1).cpu()
+    return F.cross_entropy(out, y, reduction="none").cpu()
 
 
 def membership_audit(learner: MetaLearner, params: Params, data: FederatedData) -> dict[str, Any] | None:
@@ -39,6 +43,8 @@ def membership_audit(learner: MetaLearner, params: Params, data: FederatedData) 
     held = [c for c in data.held_out if isinstance(c, ExampleClient)]
     if not train or not held or len(train) != len(data.train):
         return None
+
+    params = to_device(params, device_of(learner.model))  # once, not per client
 
     def losses(clients: list[ExampleClient]) -> Tensor:
         return torch.cat([per_example_loss(learner, params, c.x, c.y) for c in clients])

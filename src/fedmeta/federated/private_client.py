@@ -37,6 +37,10 @@ mechanisms or the outer one, never all k). Clients are sampled by the server, wh
 sample, so there is no amplification by client sampling: each round costs
 `local_steps` such steps for every client, whether or not it took part.
 
+On a device (`run.device`) the steps compute there. The sample and its coins are drawn on
+the CPU from the client's numpy generator, then moved; the noise is drawn on the CPU too
+and moved to the gradient's device (`fedmeta.privacy.noise.gaussian_like`).
+
 Batch norm cannot be per example (Conv4's statistics over one 1×1 feature map are
 degenerate, and batch statistics mix examples): models with batch norm are refused.
 """
@@ -71,6 +75,9 @@ class Sample:
     y: Tensor  # (m,) labels or (m, out) targets
     support: Tensor  # (m,) bool: each example's half for FOMAML and ANIL
     expected: float  # q·n, the expected sample size (the fixed divisor)
+
+    def to(self, device: torch.device) -> Sample:
+        return Sample(self.x.to(device), self.y.to(device), self.support.to(device), self.expected)
 
 
 def draw_sample(client: ExampleClient, sample_rate: float, rng: np.random.Generator) -> Sample:
@@ -226,10 +233,9 @@ class PrivateLocal:
         if not (isinstance(n_steps, int) and n_steps >= 0):
             raise BadInput("n_steps", n_steps, "an integer >= 0")
         anchor = {k: v.detach() for k, v in params.items()}
-        current = anchor
+        current, device = anchor, next((v.device for v in anchor.values()), torch.device("cpu"))
         for _ in range(n_steps):
             step_rng = rng if rng is not None else secure_rng()
-            current = self.step(
-                current, anchor, draw_sample(client, self.sample_rate, step_rng), step_rng
-            )
+            sample = draw_sample(client, self.sample_rate, step_rng).to(device)
+            current = self.step(current, anchor, sample, step_rng)
         return {k: current[k] - anchor[k] for k in anchor}

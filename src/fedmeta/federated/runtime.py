@@ -6,6 +6,7 @@ See docs/architecture.md for the rooms and one round's data flow.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from fedmeta.build import ModelFactory, learner_for, network_for
 from fedmeta.config import Config
 from fedmeta.data.federated import FederatedData, check_data, make_federated
 from fedmeta.data.table import TableData, schema_sha256, with_schema
+from fedmeta.device import to_cpu
 from fedmeta.errors import BadInput, ConfigError, qualified_name, shown
 from fedmeta.federated.aggregation import check_robust
 from fedmeta.federated.client_steps import ClientStep, Compress, Pipeline, Privatize, Sign
@@ -79,16 +81,21 @@ class ClientSide:
 
     @classmethod
     def from_config(cls, cfg: Config, steps: dict[str, ClientStep] | None = None,
-                    model: nn.Module | ModelFactory | None = None, data: FederatedData | None = None) -> ClientSide:
+                    model: nn.Module | ModelFactory | None = None, data: FederatedData | None = None,
+                    procedure: Any = None) -> ClientSide:
         """`model` (a module or a factory, `network_for`) replaces the config's network;
-        `data` the config's clients (an owner's own table, `data.table.federated_table`)."""
+        `data` the config's clients (an owner's own table, `data.table.federated_table`);
+        `procedure` the local procedure (`check_procedure`)."""
         check_client_steps(steps)
+        check_procedure(cfg, procedure)
         if data is None:
             data = make_federated(cfg, torch.Generator().manual_seed(cfg.run.seed))
         model = network_for(cfg, data.x_shape, data.n_outputs, model)
         fedmeta = cfg.federated.clients.procedure == "fedmeta"
         learner = learner_for(cfg, model, data.kind, None if fedmeta else "maml")
         training = Training.from_config(cfg, model, data.kind, learner, data.train)
+        if procedure is not None:
+            training = dataclasses.replace(training, procedure=built_procedure(procedure, model, data.kind))
         client_dp = None
         if cfg.privacy.dp in ("central", "local"):
             client_dp = ClientLevelDP.from_config(cfg, *expected_clients(cfg.clients_per_round_count, len(data.train)))
@@ -96,6 +103,35 @@ class ClientSide:
 
     def pipeline(self, cfg: Config, key_for: Callable[[int], Path | None]) -> Pipeline:
         return client_pipeline(cfg, self.client_dp, key_for, self.steps)
+
+
+def check_procedure(cfg: Config, procedure: Any) -> None:
+    """A local procedure from Python: an object with `step(params, anchor, episodes) ->
+    params` (`federated.client.LocalProcedure`), or a factory `(model, kind) -> such an
+    object`; not under example-level DP, whose procedures clip and noise each example."""
+    if procedure is None:
+        return
+    if isinstance(procedure, type) or not (callable(getattr(procedure, "step", None)) or callable(procedure)):
+        raise BadInput("procedure", shown(procedure), "an object with step(params, anchor, episodes) -> params, "
+                                                      "or a factory (model, kind) -> such an object")
+    if cfg.privacy.dp == "example":
+        raise BadInput("procedure", shown(procedure), "unset with privacy.dp = 'example' (its procedures clip and "
+                                                      "noise each example's gradient)")
+
+
+def built_procedure(procedure: Any, model: nn.Module, kind: str) -> Any:
+    """The procedure object: `procedure` itself, or what its factory builds for `model`."""
+    if callable(getattr(procedure, "step", None)):
+        return procedure
+    try:
+        built = procedure(model, kind)
+    except Exception as err:
+        raise BadInput("procedure", shown(procedure), f"a factory (model, kind) that builds the procedure (it raised "
+                                                      f"{type(err).__name__}: {err})".splitlines()[0]) from None
+    if not callable(getattr(built, "step", None)):
+        raise BadInput("procedure", shown(procedure), f"a factory whose object has step(params, anchor, episodes) "
+                                                      f"(it built a {type(built).__name__})")
+    return built
 
 
 def check_remote(transport: Any) -> None:
@@ -106,10 +142,11 @@ def check_remote(transport: Any) -> None:
 
 
 def provenance(*, model: Any = None, strategy: Any = None, robust: Any = None,
-               client_steps: dict[str, Any] | None = None, data: Any = None) -> dict[str, Any]:
+               client_steps: dict[str, Any] | None = None, data: Any = None, procedure: Any = None) -> dict[str, Any]:
     """What a run took from Python instead of its config, by name (only what was given)."""
     out: dict[str, Any] = {}
-    for key, obj in (("model", model), ("strategy", strategy), ("robust", robust), ("data", data)):
+    for key, obj in (("model", model), ("strategy", strategy), ("robust", robust), ("data", data),
+                     ("procedure", procedure)):
         if obj is not None:
             out[key] = qualified_name(obj)
     if client_steps:
@@ -132,7 +169,7 @@ class Runtime:
     def __init__(self, cfg: Config, transport: Callable[[Runtime], Transport] | None = None, *,
                  strategy: Strategy | None = None, client_steps: dict[str, ClientStep] | None = None,
                  robust: Aggregator | None = None, model: nn.Module | ModelFactory | None = None,
-                 data: FederatedData | None = None):
+                 data: FederatedData | None = None, procedure: Any = None):
         if cfg.federated is None:
             raise ValueError("a federated runtime needs a [federated] section")
         self.cfg = cfg
@@ -143,13 +180,15 @@ class Runtime:
             check_robust(cfg, robust)
         if data is not None:
             check_data(cfg, data, "data")
-        self.provenance = provenance(model=model, strategy=strategy, robust=robust, client_steps=client_steps, data=data)
-        self.clients = ClientSide.from_config(cfg, client_steps, model, data)
+        check_procedure(cfg, procedure)
+        self.provenance = provenance(model=model, strategy=strategy, robust=robust, client_steps=client_steps, data=data,
+                                     procedure=procedure)
+        self.clients = ClientSide.from_config(cfg, client_steps, model, data, procedure)
         if isinstance(self.clients.data, TableData):  # a table's config.toml records its schema
             self.cfg = cfg = with_schema(cfg, self.clients.data)
         if getattr(self.data, "remote", False):
             check_remote(transport)
-        params = self.clients.learner.init(parameters_of(self.clients.model))
+        params = to_cpu(self.clients.learner.init(parameters_of(self.clients.model)))  # the server's stay on the CPU
         self.server = Server(cfg, params, len(self.clients.data.train), self.clients.training.event, strategy, robust)
         if self.clients.client_dp is not None:  # one DP stage: the server's C is the clients' C
             self.clients.client_dp = self.server.client_dp

@@ -7,6 +7,10 @@ same — by the measured rule of `fedmeta.meta.base.batching_for` ("auto": vmap 
 without convolutions). Under example-level DP each client runs DP-SGD on its own Poisson
 samples (`private_client.py`), looped. A client whose procedure raises is reported as its
 exception, so one bad client never sinks the others.
+
+On a device (`run.device`), the round's θ is copied there once, the episodes (sampled on
+the CPU from the same generators) go there once per chunk of clients (per client when
+looped), and the updates come back to the CPU, where the client pipeline runs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch.func import vmap
 from fedmeta.config import Config
 from fedmeta.data.base import TaskBatch
 from fedmeta.data.sinusoid import Sinusoid, sample_regions
+from fedmeta.device import CPU, batch_to, device_of, to_cpu, to_device
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.perfedavg import PerFedAvg
 from fedmeta.federated.private_client import PrivateLocal
@@ -58,13 +63,14 @@ class Training:
     tasks_per_step: int
     batching: str  # "vmap" or "loop"
     chunk: int
+    device: torch.device = CPU  # where the local procedures compute (the network's device)
 
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module, kind: str, learner: MetaLearner, clients: Sequence[Any]) -> Training:
         mine = cfg.federated.clients
         batching = mine.batching if mine.batching != "auto" else batching_for(model)
         return cls(make_procedure(cfg, model, kind, learner), clients, mine.local_steps,
-                   mine.local_steps_min or mine.local_steps, mine.tasks_per_step, batching, mine.chunk)
+                   mine.local_steps_min or mine.local_steps, mine.tasks_per_step, batching, mine.chunk, device_of(model))
 
     @property
     def private(self) -> bool:
@@ -83,13 +89,15 @@ class Training:
     def deltas(self, ids: list[int], params: Params, gen: torch.Generator,
                noise: Callable[[int], np.random.Generator | None],
                stream: Callable[[int], torch.Generator] | None = None) -> Deltas:
-        """Each client's Δ (or the exception it raised). `noise(c)`: client c's DP noise
-        source; `stream(c)`: client c's episode stream (default: `gen` for every client)."""
+        """Each client's Δ on the CPU (or the exception it raised). `params` (on the CPU) is
+        copied to the device once; `noise(c)`: client c's DP noise source; `stream(c)`:
+        client c's episode stream (default: `gen` for every client)."""
+        params = to_device(params, self.device)
         if self.private:
             out: Deltas = {}
             for c, n in zip(ids, self.steps(len(ids), gen).tolist(), strict=True):
                 try:
-                    out[c] = self.procedure.run(params, self.clients[c], n, noise(c))
+                    out[c] = to_cpu(self.procedure.run(params, self.clients[c], n, noise(c)))
                 except Exception as err:  # a failing client is dropped from the round
                     out[c] = err
             return out
@@ -128,20 +136,21 @@ class Training:
 
     def _vmapped(self, ids: list[int], params: Params, work: dict) -> Deltas:
         eps = TaskBatch(*(torch.stack([getattr(work[c][0], f) for c in ids]) for f in ("xs", "ys", "xq", "yq")))
-        steps = torch.tensor([work[c][1] for c in ids])
+        eps, steps = batch_to(eps, self.device), torch.tensor([work[c][1] for c in ids], device=self.device)
 
         def one(xs, ys, xq, yq, n):  # a client's Δ from its episodes (steps, tasks, ...)
             return local_update(self.procedure, params, TaskBatch(xs, ys, xq, yq), n)
 
         deltas = vmap(one)(eps.xs, eps.ys, eps.xq, eps.yq, steps)  # each (clients, *shape)
-        return {c: {k: v[i].detach() for k, v in deltas.items()} for i, c in enumerate(ids)}
+        deltas = to_cpu({k: v.detach() for k, v in deltas.items()})  # one transfer per tensor
+        return {c: {k: v[i] for k, v in deltas.items()} for i, c in enumerate(ids)}
 
     def _looped(self, ids: list[int], params: Params, work: dict) -> Deltas:
         out: Deltas = {}
         for c in ids:
             try:
-                d = local_update(self.procedure, params, work[c][0], torch.tensor(work[c][1]))
-                out[c] = {k: v.detach() for k, v in d.items()}
+                episodes, n = batch_to(work[c][0], self.device), torch.tensor(work[c][1], device=self.device)
+                out[c] = to_cpu({k: v.detach() for k, v in local_update(self.procedure, params, episodes, n).items()})
             except Exception as err:  # a failing client is dropped from the round
                 out[c] = err
         return out
