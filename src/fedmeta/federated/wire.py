@@ -91,7 +91,7 @@ def decode(data: bytes, expected: Mapping[str, tuple[int, ...]] | None = None) -
             raise MalformedUpdate(f"truncated: a {n}-byte header in {len(data)} bytes")
         if expected is not None and n > (most := _header_bound(expected)):
             raise MalformedUpdate(f"a {n}-byte header; the expected tensors' takes at most {most}")
-        header = _layout(_parse_header(bytes(data[8 : 8 + n])))
+        header = _checked_header(bytes(data[8 : 8 + n]))
         if expected is not None:
             _check_expected(header, expected)
         body = sum(nbytes for _, _, _, parts in header for _, nbytes in parts)
@@ -122,8 +122,10 @@ def _header_bound(expected: Mapping[str, tuple[int, ...]]) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _parse_header(head: bytes) -> list:
-    return json.loads(head)
+def _checked_header(head: bytes) -> tuple:
+    """The checked layout of a header (`_layout`), kept for the next message with the same
+    header bytes: a round's clients send the same header, so it is parsed once per round."""
+    return tuple(_layout(json.loads(head)))
 
 
 def _layout(items: Any) -> list[tuple[str, str, tuple[int, ...], list[tuple[np.dtype, int]]]]:
