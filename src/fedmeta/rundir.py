@@ -223,7 +223,7 @@ class RunDir:
                 raise ValueError(f"not a fedmeta checkpoint of format {FORMAT}")
         except pickle.UnpicklingError:
             why = "it holds objects other than tensors and plain containers, refused unloaded"
-        except (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as err:
+        except Exception as err:  # any failure to parse the file (torch's unpickler raises IndexError, KeyError, ...)
             why = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
         else:
             if ck["config_sha256"] != self.config_sha256:

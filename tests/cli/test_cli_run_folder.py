@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_a_crafted_checkpoint_runs_no_code(stopped, tmp_path, capsys):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "directory"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "directory", "unpickler-index", "unpickler-key"])
 def test_a_damaged_checkpoint_is_one_line_naming_the_file(stopped, capsys, damage):
     ck = stopped / "checkpoint.pt"
     data = ck.read_bytes()
@@ -105,7 +106,10 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(stopped, capsys, damag
         ck.unlink()
         ck.mkdir()
     else:
-        ck.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": os.urandom(200)}[damage])
+        ck.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": os.urandom(200),
+                         # bytes on which torch's unpickler raises IndexError and KeyError
+                         "unpickler-index": random.Random(2).randbytes(200),
+                         "unpickler-key": random.Random(20).randbytes(200)}[damage])
     one_line_exit_2(capsys, ["run", "--resume", str(stopped), "--no-progress"], str(ck), "cannot be resumed")
 
 

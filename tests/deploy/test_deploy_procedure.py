@@ -95,3 +95,16 @@ def test_example_level_dp_keeps_its_own_procedures():
     private = {**CONFIG, "privacy": {"dp": "example", "example_sample_rate": 0.5, "noise_seed": 0}}
     with pytest.raises(BadInput, match="^procedure = .*privacy.dp = 'example'"):
         fedmeta.run(private, procedure=plain_sgd, progress=False)
+
+
+def test_a_procedure_named_by_config_equals_the_one_from_python(tmp_path):
+    by_config = {**CONFIG, "federated": {**CONFIG["federated"], "clients": {
+        **CONFIG["federated"]["clients"], "procedure": f"{__name__}:plain_sgd"}}}
+    from_config = fedmeta.run(by_config, progress=False)
+    assert same_params(from_config.params, fedmeta.run(CONFIG, procedure=plain_sgd, progress=False).params)
+    assert "python" not in from_config.summary  # the config names it: config.toml rebuilds the run
+    bad = {**by_config, "federated": {**by_config["federated"], "clients": {
+        **by_config["federated"]["clients"], "procedure": f"{__name__}:NOT_THERE"}}}
+    with pytest.raises(BadInput, match=r"^federated.clients.procedure = .*has no attribute NOT_THERE"):
+        fedmeta.run(bad, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

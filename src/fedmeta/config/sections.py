@@ -150,10 +150,15 @@ class PartitionConfig(Section):
     shots: Literal["per_task", "per_class"] | None = None
 
 
+PROCEDURES = ("sgd", "fedprox", "fedmeta", "perfedavg")
+
+
 class ClientsConfig(Section):
     """`[federated.clients]`: what each sampled client runs, and how it fails or is compressed."""
 
-    procedure: Literal["sgd", "fedprox", "fedmeta", "perfedavg"] = "fedmeta"
+    # "sgd", "fedprox", "fedmeta", "perfedavg", a factory "package.module:factory"
+    # (model, kind) -> an object with step(params, anchor, episodes), or an entry point "procedure.<name>"
+    procedure: str = "fedmeta"
     local_steps: PosInt = 5
     local_steps_min: PosInt | None = None
     lr: PosFloat = 0.05
@@ -166,6 +171,13 @@ class ClientsConfig(Section):
     topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.05
     batching: Literal["auto", "vmap", "loop"] = "auto"
     chunk: PosInt = 256
+
+    @field_validator("procedure")
+    @classmethod
+    def _known(cls, procedure: str) -> str:
+        if procedure in PROCEDURES:
+            return procedure
+        return _plugin("federated.clients.procedure", "procedure", procedure, PROCEDURES)
 
 
 def _plugin(field: str, kind: str, name: str, known: tuple[str, ...]) -> str:

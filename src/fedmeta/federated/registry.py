@@ -12,7 +12,7 @@ registry and, if it takes an option no other class does, that key in the section
 A strategy, a robust rule or a network can also live outside fedmeta (docs/extending.md,
 "By config"): a config names it by import path, `"package.module:Class"`, or by the short
 name of an entry point in the group `fedmeta.plugins` named `<kind>.<name>` (kinds:
-`strategy`, `robust`, `model`, `dataset`; `strategy.fednova` makes `strategy = "fednova"` usable).
+`strategy`, `robust`, `model`, `dataset`, `procedure`; `strategy.fednova` makes `strategy = "fednova"` usable).
 `load_plugin` resolves either and checks the object's protocol; the config checks it when
 it loads, and `build` builds it as it builds a registered class. Registered names come
 first: a plugin cannot shadow one.
@@ -73,6 +73,7 @@ PROTOCOLS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "robust": ("Class", _instances_callable, "a class whose instances are callable (updates, weights) -> update"),
     "model": ("factory", callable, "a callable factory (x_shape, n_outputs) -> nn.Module"),
     "dataset": ("factory", callable, "a callable factory (cfg, generator) -> FederatedData"),
+    "procedure": ("factory", callable, "a factory (model, kind) -> an object with step(params, anchor, episodes) -> params"),
 }
 
 

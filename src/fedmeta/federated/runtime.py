@@ -17,6 +17,7 @@ from torch import nn
 
 from fedmeta.build import ModelFactory, learner_for, network_for
 from fedmeta.config import Config
+from fedmeta.config.sections import PROCEDURES
 from fedmeta.data.federated import FederatedData, check_data, make_federated
 from fedmeta.data.table import TableData, schema_sha256, with_schema
 from fedmeta.device import to_cpu
@@ -27,6 +28,7 @@ from fedmeta.federated.compression import make_compression
 from fedmeta.federated.dp_fedavg import ClientLevelDP
 from fedmeta.federated.evaluation import personalization, summarize
 from fedmeta.federated.inprocess import InProcess, key_lookup
+from fedmeta.federated.registry import load_plugin
 from fedmeta.federated.robust import Aggregator
 from fedmeta.federated.rounds import RoundResult, run_round
 from fedmeta.federated.sampling import expected_clients
@@ -94,8 +96,12 @@ class ClientSide:
         fedmeta = cfg.federated.clients.procedure == "fedmeta"
         learner = learner_for(cfg, model, data.kind, None if fedmeta else "maml")
         training = Training.from_config(cfg, model, data.kind, learner, data.train)
+        field_name, named = "procedure", cfg.federated.clients.procedure
+        if procedure is None and named not in PROCEDURES:  # a plugin the config names
+            field_name, procedure = "federated.clients.procedure", load_plugin("procedure", named, field_name)
         if procedure is not None:
-            training = dataclasses.replace(training, procedure=built_procedure(procedure, model, data.kind))
+            built = built_procedure(procedure, model, data.kind, field_name)
+            training = dataclasses.replace(training, procedure=built)
         client_dp = None
         if cfg.privacy.dp in ("central", "local"):
             client_dp = ClientLevelDP.from_config(cfg, *expected_clients(cfg.clients_per_round_count, len(data.train)))
@@ -119,18 +125,18 @@ def check_procedure(cfg: Config, procedure: Any) -> None:
                                                       "noise each example's gradient)")
 
 
-def built_procedure(procedure: Any, model: nn.Module, kind: str) -> Any:
+def built_procedure(procedure: Any, model: nn.Module, kind: str, field_name: str = "procedure") -> Any:
     """The procedure object: `procedure` itself, or what its factory builds for `model`."""
     if callable(getattr(procedure, "step", None)):
         return procedure
     try:
         built = procedure(model, kind)
     except Exception as err:
-        raise BadInput("procedure", shown(procedure), f"a factory (model, kind) that builds the procedure (it raised "
-                                                      f"{type(err).__name__}: {err})".splitlines()[0]) from None
+        raise BadInput(field_name, shown(procedure), f"a factory (model, kind) that builds the procedure (it raised "
+                                                     f"{type(err).__name__}: {err})".splitlines()[0]) from None
     if not callable(getattr(built, "step", None)):
-        raise BadInput("procedure", shown(procedure), f"a factory whose object has step(params, anchor, episodes) "
-                                                      f"(it built a {type(built).__name__})")
+        raise BadInput(field_name, shown(procedure), f"a factory whose object has step(params, anchor, episodes) "
+                                                     f"(it built a {type(built).__name__})")
     return built
 
 
