@@ -25,7 +25,6 @@ import json
 import os
 import pickle
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
