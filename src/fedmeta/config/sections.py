@@ -92,8 +92,6 @@ class DataConfig(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name in DATA_NAMES:
-            return name
         return _plugin("data.name", "dataset", name, DATA_NAMES)
 
 
@@ -110,8 +108,6 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name in MODEL_NAMES:
-            return name
         return _plugin("model.name", "model", name, MODEL_NAMES)
 
 
@@ -175,14 +171,15 @@ class ClientsConfig(Section):
     @field_validator("procedure")
     @classmethod
     def _known(cls, procedure: str) -> str:
-        if procedure in PROCEDURES:
-            return procedure
         return _plugin("federated.clients.procedure", "procedure", procedure, PROCEDURES)
 
 
 def _plugin(field: str, kind: str, name: str, known: tuple[str, ...]) -> str:
-    """`name` if it names a plugin of `kind` (an import path or an entry point's short name)
-    that imports and follows its protocol (`fedmeta.federated.registry.load_plugin`)."""
+    """`name` if it is one of the `known` built-in names, or names a plugin of `kind` (an
+    import path or an entry point's short name) that imports and follows its protocol
+    (`fedmeta.federated.registry.load_plugin`)."""
+    if name in known:
+        return name
     from fedmeta.errors import BadInput
     from fedmeta.federated.registry import load_plugin
 
