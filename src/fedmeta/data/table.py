@@ -82,6 +82,10 @@ class TableData(FederatedData):
     def n_features(self) -> int:
         return self.x_shape[0]
 
+    def client_at(self, split: str, index: int) -> ExampleClient | OwnedClient:
+        """Training client `index` (split "train") or held-out client `index` ("test")."""
+        return (self.train if split == "train" else self.held_out)[index]
+
 
 def schema_sha256(schema: dict[str, Any]) -> str:
     """The SHA-256 of a schema's canonical JSON (sorted keys, no spaces)."""

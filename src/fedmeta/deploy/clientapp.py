@@ -185,7 +185,7 @@ class ClientHandlers:
         if (owner := getattr(side.data, "owner", None)) is not None:
             from fedmeta.data.table import schema_sha256
 
-            mine = (side.data.train if owner[0] == "train" else side.data.held_out)[owner[1]]
+            mine = side.data.client_at(*owner)
             body.update(split=owner[0], index=owner[1], schema_sha256=schema_sha256(side.data.schema),
                         rows=mine.n_examples)
         return Message(RecordDict({HEADER: ConfigRecord(body)}), reply_to=msg)
@@ -197,7 +197,7 @@ class ClientHandlers:
         owner, split = getattr(side.data, "owner", None), str(header["split"])
         if owner is None or owner[0] != split:
             raise ConfigError("split", split, f"the split this owner evaluates in ({owner and owner[0]})")
-        mine = (side.data.train if owner[0] == "train" else side.data.held_out)[owner[1]]
+        mine = side.data.client_at(*owner)
         params = msg.content[PARAMS].to_torch_state_dict()
         use_threads(cfg, side.training.batching)
         per = client_figures(side.learner, params, [mine], [owner[1]], seed=cfg.run.seed,

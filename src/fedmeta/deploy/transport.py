@@ -69,7 +69,7 @@ class FlowerTransport:
                 return f"supernode {self.evaluators[split][index]} already holds this owner ({split} {index})"
             self.evaluators[split][index] = node
             if self.data is not None:
-                name = (self.data.train if split == "train" else self.data.held_out)[index].name
+                name = self.data.client_at(split, index).name
                 self.owners[name] = {"schema_sha256": str(body["schema_sha256"]), "rows": int(body["rows"])}
             if cid < 0:
                 return None
