@@ -7,7 +7,12 @@ meta-step θ ← θ − β∇meta over `TASKS` tasks drawn from its own region; 
 the example-weighted mean (FedAvg).
 
 - fedmeta: `Runtime(cfg).run_round()` with 1000 clients, 100 or 1000 sampled per
-  round, clients batched with `vmap` (chunks of `client_chunk`) and with a loop.
+  round, clients batched with `vmap` (chunks of `client_chunk`) and with a loop; and
+  10,000 clients all sampled, with vmap, whose memory the chunks bound.
+- the meta core alone: the same clients' local meta-steps, vmapped in the same chunks on
+  episodes drawn beforehand, timed alternately with the vmap rounds in their process, so
+  that "time vs core" (what the federated layer adds: sampling, encoding, checks,
+  commitments, aggregation) is a ratio under one load.
 - Flower 1.41: `flwr.simulation.run_simulation` (Ray backend) with a `ServerApp` running
   Flower's own message-API `FedAvg` and a `ClientApp` whose train handler does the same
   meta-step with plain `torch.autograd` (`create_graph=True`), on episodes from the same
@@ -41,10 +46,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,7 +65,7 @@ from fedmeta.federated.runtime import ClientSide, Runtime  # noqa: E402
 N_CLIENTS = 1000
 TASKS = 5
 ALPHA, BETA = 0.01, 0.001
-SIZES = (100, 1000)
+SIZES = (100, 1000, 10_000)  # clients per round; 10,000 runs fedmeta (vmap) only
 
 
 def config(per_round: int, batching: str = "vmap", n_clients: int = N_CLIENTS, device: str = "cpu") -> Config:
@@ -119,15 +125,51 @@ def worker_state(n_clients: int) -> tuple[FederatedData, torch.nn.Module]:
 
 
 # -- cases, each run in a child process --------------------------------------------------
+def core_step(runtime: Runtime, per_round: int) -> Callable[[], None]:
+    """The bare meta core on a round's work: the sampled clients' local meta-steps, vmapped
+    in chunks of `federated.clients.chunk` as a round runs them, on episodes drawn
+    beforehand, and nothing else (no sampling, encoding, checks, signing or aggregation)."""
+    training = runtime.clients.training
+    params = to_device(runtime.params, training.device)
+    ids = list(range(per_round))
+    work = training.episodes(ids, runtime.server.generator(1))
+    eps = batch_to(TaskBatch(*(torch.stack([getattr(work[c][0], f) for c in ids]) for f in ("xs", "ys", "xq", "yq"))),
+                   training.device)
+    steps = torch.tensor([work[c][1] for c in ids], device=training.device)
+
+    def one(xs, ys, xq, yq, n):
+        return local_update(training.procedure, params, TaskBatch(xs, ys, xq, yq), n)
+
+    def step() -> None:
+        for i in range(0, per_round, training.chunk):
+            part = slice(i, i + training.chunk)
+            vmap(one)(eps.xs[part], eps.ys[part], eps.xq[part], eps.yq[part], steps[part])
+        if training.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
 def fedmeta_case(per_round: int, batching: str, rounds: int, device: str) -> dict:
-    runtime = Runtime(config(per_round, batching, device=device))
+    """Median seconds of a whole round and, with vmap, of the bare meta core on the same
+    work, the two timed alternately in this one process so that both see the same load."""
+    runtime = Runtime(config(per_round, batching, n_clients=max(N_CLIENTS, per_round), device=device))
+    core = core_step(runtime, per_round) if batching == "vmap" else None
     runtime.run_round()  # warm-up, not counted
-    times = []
+    if core:
+        core()
+    times, core_times = [], []
     for _ in range(rounds):
         t = time.perf_counter()
         runtime.run_round()  # ends with the updates on the CPU: the GPU's work is done
         times.append(time.perf_counter() - t)
+        if core:
+            t = time.perf_counter()
+            core()
+            core_times.append(time.perf_counter() - t)
     out = {"round_seconds": statistics.median(times), "rounds": rounds}
+    if core:
+        out["core_seconds"] = statistics.median(core_times)
     if runtime.clients.training.device.type == "cuda":
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -273,10 +315,11 @@ def main() -> None:
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--per-round", type=int, help=argparse.SUPPRESS)
     ap.add_argument(
-        "--rounds", type=int, default=3, help="timed rounds per case (after one warm-up round)"
+        "--rounds", type=int, default=5, help="timed rounds per case (after one warm-up round)"
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the fedmeta process")
     ap.add_argument("--skip-flower", action="store_true")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="clients per round, comma-separated")
     ap.add_argument("--device", default="cpu", help="fedmeta's clients: cpu, cuda, cuda:N or mps (as run.device)")
     args = ap.parse_args()
     resolve(args.device)  # an absent device is refused before any case runs
@@ -293,8 +336,9 @@ def main() -> None:
         f"max |difference| = {check_equivalence(args.device):.2e}"
     )
     results: dict[tuple[str, int], dict] = {}
-    for n in SIZES:
-        for case in ("vmap", "loop") + (() if args.skip_flower else ("flower",)):
+    for n in map(int, args.sizes.split(",")):
+        cases = ("vmap",) + (() if n > 1000 else ("loop",) + (() if args.skip_flower else ("flower",)))
+        for case in cases:
             rounds = 1 if case != "vmap" and n == 1000 else args.rounds
             extra = [] if case == "flower" else ["--threads", str(args.threads), "--device", args.device]
             results[case, n] = r = run_child(
@@ -310,8 +354,11 @@ def main() -> None:
     }
     rows = []
     for (case, n), r in results.items():
+        if "core_seconds" in r:
+            rows.append(["meta core alone (vmap), same process", n, f"{1 / r['core_seconds']:.3g}",
+                         f"{n / r['core_seconds']:.0f}", "", "1.00x", ""])
         if "error" in r:
-            rows.append([names[case], n, r["error"], "", "", ""])
+            rows.append([names[case], n, r["error"], "", "", "", ""])
             continue
         flower = results.get(("flower", n), {})
         ratio = (
@@ -326,6 +373,7 @@ def main() -> None:
                 f"{1 / r['round_seconds']:.3g}",
                 f"{n / r['round_seconds']:.0f}",
                 f"{r['peak_mb']:.0f}",
+                f"{r['round_seconds'] / results['vmap', n]['core_seconds']:.2f}x" if "core_seconds" in results.get(("vmap", n), {}) else "n/a",
                 ratio,
             ]
         )
@@ -337,6 +385,7 @@ def main() -> None:
             "rounds/s",
             "client updates/s",
             "peak memory (MB)",
+            "time vs core",
             "vs Flower",
         ],
         rows,

@@ -29,7 +29,7 @@ def weighted_sum(updates: Sequence[Params], weights: Sequence[float] | Tensor | 
         raise BadInput("weights", tuple(w.shape), f"shape ({len(updates)},): one weight per update")
     out = {}
     for name, t in updates[0].items():
-        stacked = torch.stack([u[name].to(torch.float64) for u in updates])  # (clients, *shape)
+        stacked = torch.stack([u[name] for u in updates]).to(torch.float64)  # (clients, *shape); exact
         out[name] = torch.tensordot(w, stacked, dims=1).to(t.dtype)
     return out
 

@@ -143,7 +143,9 @@ class Training:
 
         deltas = vmap(one)(eps.xs, eps.ys, eps.xq, eps.yq, steps)  # each (clients, *shape)
         deltas = to_cpu({k: v.detach() for k, v in deltas.items()})  # one transfer per tensor
-        return {c: {k: v[i] for k, v in deltas.items()} for i, c in enumerate(ids)}
+        names = list(deltas)
+        rows = zip(*(deltas[k].unbind(0) for k in names), strict=True)  # each client's tensors, as views
+        return {c: dict(zip(names, row, strict=True)) for c, row in zip(ids, rows, strict=True)}
 
     def _looped(self, ids: list[int], params: Params, work: dict) -> Deltas:
         out: Deltas = {}

@@ -14,19 +14,19 @@ import functools
 import json
 import math
 import struct
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 MAGIC = b"FMU1"
+LITTLE = sys.byteorder == "little"
 
 
-@dataclass(frozen=True)
-class Encoded:
+class Encoded(NamedTuple):
     """One tensor on the wire: its encoding, shape and the arrays that carry it."""
 
     kind: str
@@ -36,22 +36,26 @@ class Encoded:
 
 def raw(t: Tensor) -> Encoded:
     t = t.detach()
-    if t.dtype != torch.float32:
-        t = t.to(torch.float32)
-    return Encoded("raw", tuple(t.shape), (t.numpy().ravel(),))
+    a = (t if t.dtype == torch.float32 else t.to(torch.float32)).numpy()
+    return Encoded("raw", a.shape, (a.ravel(),))
 
 
 def encode(tensors: dict[str, Encoded]) -> bytes:
     names = sorted(tensors)
-    parts = [
-        [np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<")) for p in tensors[n].parts] for n in names
-    ]
+    parts = [[_little(p) for p in tensors[n].parts] for n in names]
     layout = tuple(
         (n, tensors[n].kind, tuple(tensors[n].shape), tuple((p.dtype.str, p.nbytes) for p in ps))
         for n, ps in zip(names, parts, strict=True)
     )
     blobs = [p.tobytes() for ps in parts for p in ps]
     return _header(layout) + b"".join(blobs)
+
+
+def _little(p: np.ndarray) -> np.ndarray:
+    """`p` as contiguous little-endian values (itself when it already is)."""
+    if p.dtype.byteorder == ">" or (p.dtype.byteorder == "=" and not LITTLE):
+        return np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(p)
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,6 +74,10 @@ class UnexpectedLayout(MalformedUpdate):
     """Well-formed bytes whose tensor names, shapes or dtypes are not the expected ones."""
 
 
+class NonFiniteValues(MalformedUpdate):
+    """Well-formed bytes of the expected layout carrying a NaN or an infinity."""
+
+
 # Each encoding's parts: their dtypes and element counts for a tensor of `size` values
 # (top-k: k indices and k values, k ≤ size, taken from the header and checked against size).
 DTYPES = {"raw": ("<f4",), "topk": ("<i4", "<f4"), "int8": ("|u1", "<f4")}
@@ -82,50 +90,61 @@ def decode(data: bytes, expected: Mapping[str, tuple[int, ...]] | None = None) -
     be decoded against: then every claimed name, shape, dtype and count is checked against
     it and against the message's own length before anything is allocated, so a message
     costs memory and time proportional to the model and its own size, whatever it claims.
-    Without it the header's shapes are trusted (raw parts may then carry any dtype)."""
+    Then every value must also be finite. Without it the header's shapes are trusted (raw
+    parts may then carry any dtype)."""
     try:
         if len(data) < 8 or data[:4] != MAGIC:
             raise MalformedUpdate("bad magic")
         (n,) = struct.unpack(">I", data[4:8])
         if 8 + n > len(data):
             raise MalformedUpdate(f"truncated: a {n}-byte header in {len(data)} bytes")
-        if expected is not None and n > (most := _header_bound(expected)):
+        shapes = None if expected is None else tuple(expected.items())
+        if shapes is not None and n > (most := _header_bound(shapes)):
             raise MalformedUpdate(f"a {n}-byte header; the expected tensors' takes at most {most}")
-        header = _checked_header(bytes(data[8 : 8 + n]))
-        if expected is not None:
-            _check_expected(header, expected)
-        body = sum(nbytes for _, _, _, parts in header for _, nbytes in parts)
+        header, body = _plan(bytes(data[8 : 8 + n]), shapes)
         if 8 + n + body != len(data):
             raise MalformedUpdate(
                 f"{'truncated' if 8 + n + body > len(data) else 'trailing bytes'}: the header "
                 f"describes {body} bytes of values, the message carries {len(data) - 8 - n}"
             )
-        offset, out = 8 + n, {}
-        for name, kind, shape, layout in header:
-            parts = []
-            for dtype, nbytes in layout:
-                parts.append(np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset))
-                offset += nbytes
-            out[name] = _dense(kind, shape, parts)
-        return out
+        values = bytearray(memoryview(data)[8 + n :])  # one copy, which the tensors then share
+        arrays = {name: _dense(kind, shape, [np.frombuffer(values, dtype, count, offset) for dtype, count, offset in parts])
+                  for name, kind, shape, parts in header}
+        if expected is not None and not np.isfinite(np.concatenate([a.ravel() for a in arrays.values()])).all():
+            bad = next(name for name, a in arrays.items() if not np.isfinite(a).all())
+            raise NonFiniteValues(f"{bad}: non-finite values (NaN or Inf)")
+        return {name: torch.from_numpy(a) for name, a in arrays.items()}
     except MalformedUpdate:
         raise
     except Exception as err:  # any parse failure of untrusted bytes
         raise MalformedUpdate(f"{type(err).__name__}: {err}") from None
 
 
-def _header_bound(expected: Mapping[str, tuple[int, ...]]) -> int:
+@functools.lru_cache(maxsize=64)
+def _header_bound(expected: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
     """Generous bound on the JSON header of `expected`'s tensors (any encoding, names
     escaped at 12 bytes a character, 24 bytes a dimension), so that an oversized header is
     refused before it is parsed."""
-    return 256 + sum(256 + 12 * len(name) + 24 * len(shape) for name, shape in expected.items())
+    return 256 + sum(256 + 12 * len(name) + 24 * len(shape) for name, shape in expected)
 
 
 @functools.lru_cache(maxsize=64)
-def _checked_header(head: bytes) -> tuple:
-    """The checked layout of a header (`_layout`), kept for the next message with the same
-    header bytes: a round's clients send the same header, so it is parsed once per round."""
-    return tuple(_layout(json.loads(head)))
+def _plan(head: bytes, expected: tuple | None) -> tuple[tuple, int]:
+    """The checked layout of a header (`_layout`, then against `expected`) as (name, kind,
+    shape, [(dtype, count, offset in the values)]), and the values' byte length; kept for
+    the next message with the same header: a round's clients share one, so it is parsed
+    and checked once per round."""
+    header = _layout(json.loads(head))
+    if expected is not None:
+        _check_expected(header, dict(expected))
+    out, offset = [], 0
+    for name, kind, shape, layout in header:
+        parts = []
+        for dtype, nbytes in layout:
+            parts.append((dtype, nbytes // dtype.itemsize, offset))
+            offset += nbytes
+        out.append((name, kind, shape, tuple(parts)))
+    return tuple(out), offset
 
 
 def _layout(items: Any) -> list[tuple[str, str, tuple[int, ...], list[tuple[np.dtype, int]]]]:
@@ -198,12 +217,14 @@ def _check_expected(header: list, expected: Mapping[str, tuple[int, ...]]) -> No
             raise UnexpectedLayout(f"{name}: dtype {layout[0][0].name}, expected float32")
 
 
-def _dense(kind: str, shape: tuple[int, ...], parts: list[np.ndarray]) -> Tensor:
-    """The dense tensor of one entry whose part counts `_layout` has checked."""
-    size = math.prod(shape)
+def _dense(kind: str, shape: tuple[int, ...], parts: list[np.ndarray]) -> np.ndarray:
+    """The dense array of one entry whose part counts `_layout` has checked."""
     if kind == "raw":
         flat = parts[0]  # dtype as sent: the server's checks reject anything but float32
+        if flat.flags.aligned:  # a view of the message's own copy
+            return flat.reshape(shape)
     elif kind == "topk":
+        size = math.prod(shape)
         idx, val = parts
         if idx.size and (idx.min() < 0 or idx.max() >= size):
             raise MalformedUpdate("top-k index out of range")
@@ -214,4 +235,4 @@ def _dense(kind: str, shape: tuple[int, ...], parts: list[np.ndarray]) -> Tensor
     else:  # int8
         codes, (low, step) = parts
         flat = (low + codes.astype(np.float32) * step).astype(np.float32)
-    return torch.from_numpy(flat.copy()).reshape(shape)
+    return flat.copy().reshape(shape)
