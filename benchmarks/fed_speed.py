@@ -13,7 +13,7 @@ the example-weighted mean (FedAvg).
   episodes drawn beforehand, timed alternately with the vmap rounds in their process, so
   that "time vs core" (what the federated layer adds: sampling, encoding, checks,
   commitments, aggregation) is a ratio under one load.
-- Flower 1.41: `flwr.simulation.run_simulation` (Ray backend) with a `ServerApp` running
+- Flower (1.42 here): `flwr.simulation.run_simulation` (Ray backend) with a `ServerApp` running
   Flower's own message-API `FedAvg` and a `ClientApp` whose train handler does the same
   meta-step with plain `torch.autograd` (`create_graph=True`), on episodes from the same
   fedmeta client regions; one virtual SuperNode per client of a round, every node sampled

@@ -50,7 +50,12 @@ def learner_for(cfg: Config, model: nn.Module, kind: str, algorithm: str | None 
     meta = cfg.meta
     return ALGORITHMS[algorithm or meta.algorithm](
         model, kind, inner_steps=meta.inner_steps, inner_lr=meta.inner_lr, batching=meta.batching,
-        compile_query=meta.compile_query and algorithm is None)
+        compile_query=meta.compile_query and algorithm is None, class_weights=class_weights(cfg))
+
+
+def class_weights(cfg: Config) -> tuple[float, ...] | None:
+    """`data.class_weights` as the losses take them."""
+    return None if cfg.data.class_weights is None else tuple(cfg.data.class_weights)
 
 
 def _first_line(err: BaseException) -> str:

@@ -111,12 +111,12 @@ def _owners_config(cfg, files: list[Path]):
         if not path.is_file():
             raise BadInput("--data", str(path), "an existing .csv or .parquet file (an owner's rows)")
     if cfg.data.clients is None or cfg.data.columns is None:
-        read = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": [str(f) for f in files]})})
+        read = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": [str(f) for f in files], "source": None})})
         cfg = resolve_schema(read)
     owners = len(cfg.data.clients)
     if len(files) != owners:
         raise BadInput("--data", f"{len(files)} files", f"one per owner of data.clients ({owners})")
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": None})})
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": None, "source": None})})
 
 
 @deploy.command()

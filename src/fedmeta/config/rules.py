@@ -49,7 +49,7 @@ def check_example_dp(
 
 
 _EPISODE_KEYS = ("n_way", "rotations", "test_classes", "test_alphabets")
-_TABLE_KEYS = ("path", "client_column", "label_column", "task", "features", "missing", "held_out", "clients", "columns",
+_TABLE_KEYS = ("path", "source", "client_column", "label_column", "task", "features", "missing", "held_out", "clients", "columns",
                "labels")
 _DATA_USES = {
     ("sinusoid", False): set(),
@@ -197,6 +197,10 @@ def _distinct(field: str, values: list[str], what: str) -> None:
 def _check_paths(data: DataConfig) -> None:
     """A file, a list of files (one per owner, say), or none with the whole schema (a deployed
     server: the rows stay with their owners)."""
+    if data.path is not None and data.source is not None:
+        raise ConfigError("data.source", data.source, "unset when data.path is given: the rows come from one or the other")
+    if data.source is not None:
+        return
     if data.path is None:
         regression = (data.task or "classification") == "regression"
         needed = ("clients", "columns") if regression else ("clients", "columns", "labels")
@@ -250,6 +254,11 @@ def check_compatible(cfg: Config) -> None:
     fed = cfg.federated
     if (cfg.data.name in ("synthetic", "table") or cfg.data.name not in _BUILT_IN) and fed is None:
         raise ConfigError("data.name", cfg.data.name, "a federated run (add a [federated] section)")
+    if cfg.data.class_weights is not None and fed is None:
+        raise ConfigError("data.class_weights", cfg.data.class_weights, "unset in a central run (a federated run's option)")
+    if cfg.meta.eval_metrics and fed is None:
+        raise ConfigError("meta.eval_metrics", cfg.meta.eval_metrics, "unset in a central run (pooled figures are a "
+                                                                      "federated run's personalization)")
     if cfg.run.tensorboard and fed is None:
         raise ConfigError("run.tensorboard", True, "a federated run (add a [federated] section); a central run's "
                                                    "metrics.jsonl holds its figures")

@@ -62,6 +62,7 @@ class ColumnSchema(Section):
 
 
 DATA_NAMES = ("sinusoid", "omniglot", "digits", "synthetic", "table")
+SOURCES = ("movielens", "lending_club", "covid_testing")  # data.source: fedmeta.data.<source>
 
 
 class DataConfig(Section):
@@ -77,11 +78,17 @@ class DataConfig(Section):
     test_classes: list[int] = [5, 6, 7, 8, 9]
     # name = "table" only (docs/data.md); unset = None, so other runs' config.toml is unchanged
     path: str | list[str] | None = None  # .csv or .parquet files (Parquet needs pyarrow), one or one per owner
+    # or a table that ships inside a package, shaped for an application (data/sources.py);
+    # it sets client_column, label_column, task and labels unless they are given
+    source: str | None = None
     # the schema the owners share, not their rows (unset: read from the files; a deployed
     # server, which holds no rows, needs all three; `fedmeta data schema` prints them)
     clients: list[str] | None = None  # every owner, training and held out, in client-id order
     columns: list[ColumnSchema] | None = None  # the features, in encoding order
     labels: list[str] | None = None  # classification: the classes, in index order
+    # classification: each class's weight in the cross-entropy, in class order (e.g. the
+    # inverse of its frequency, for a rare outcome); unset: 1 each
+    class_weights: list[Annotated[float, Field(gt=0)]] | None = None
     client_column: str | None = None  # each distinct value is a client
     label_column: str | None = None  # the target
     task: Literal["classification", "regression"] | None = None  # unset: "classification"
@@ -93,6 +100,25 @@ class DataConfig(Section):
     @classmethod
     def _known(cls, name: str) -> str:
         return _plugin("data.name", "dataset", name, DATA_NAMES)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str | None) -> str | None:
+        if source is not None and source not in SOURCES:
+            raise ConfigError("data.source", source, " or ".join(repr(s) for s in SOURCES))
+        return source
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_defaults(cls, data: Any) -> Any:
+        """A source's own client column, label column, task and classes, where not given."""
+        source = data.get("source") if isinstance(data, dict) else None
+        if not isinstance(source, str) or source not in SOURCES:
+            return data
+        import importlib
+
+        defaults = importlib.import_module(f"fedmeta.data.{source}").DEFAULTS
+        return {**defaults, **data}
 
 
 MODEL_NAMES = ("auto", "mlp", "conv4")
@@ -116,6 +142,10 @@ class MetaConfig(Section):
     inner_steps: Annotated[int, Field(ge=0)] = 1
     inner_lr: PosFloat = 0.01
     eval_inner_steps: Annotated[int, Field(ge=0)] = 10
+    # figures pooled over the evaluation clients' query sets, before and after adaptation
+    # (federated runs whose rows are here): rmse, mae (regression); auc (two classes),
+    # balanced_accuracy (classification); unset = None, so other runs' config.toml is unchanged
+    eval_metrics: list[Literal["rmse", "mae", "auc", "balanced_accuracy"]] | None = None
     meta_batch_size: PosInt = 25
     batching: Literal["auto", "vmap", "loop"] = "auto"
     compile_query: bool = False  # torch.compile each task's query pass (~30 s to compile per shape)

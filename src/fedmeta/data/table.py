@@ -67,11 +67,13 @@ class TableData(FederatedData):
     `schema`: {"task", "client_column", "label_column", "clients" (every owner, in id
     order), "columns": [{"name", "kind", "categories"?}], "labels" (classification: the
     classes in index order, else None)}; `files`: the SHA-256 of each file read (none on a
-    deployed server); `owner`: on an owner's machine, ("train" or "test", its index)."""
+    deployed server); `owner`: on an owner's machine, ("train" or "test", its index);
+    `source`: where a `data.source` table came from."""
 
     schema: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     owner: tuple[str, int] | None = None
+    source: dict[str, Any] | None = None  # a `data.source` table's provenance (data/sources.py)
 
     @property
     def remote(self) -> bool:
@@ -195,6 +197,31 @@ def read_table(paths: str | list[str]) -> _Table:
         where += places
         files[path] = sha
     return _Table(list(cells), cells, where, files)
+
+
+def source_table(data: Any) -> tuple[_Table, dict[str, Any]]:
+    """A `data.source` table (data/sources.py) as the rows of a file, restricted to the owners
+    of `data.clients` where given (a slice), and its provenance."""
+    from fedmeta.data.sources import load_source
+
+    source = load_source(data.source)
+    frame = source.frame
+    if data.clients is not None:
+        owners = set(frame[data.client_column].astype(str))
+        absent = next((c for c in data.clients if c not in owners), None)
+        if absent is not None:
+            raise ConfigError("data.clients", absent, f"owners of data.source = {data.source!r}: "
+                                                      f"{_show(sorted(owners))}")
+        frame = frame[frame[data.client_column].astype(str).isin(data.clients)]
+    cells: dict[str, list[str | None]] = {}
+    for name in frame.columns:
+        column = frame[name]
+        text = column.astype(str).str.strip()
+        missing = (column.isna() | text.str.lower().isin(MISSING)).tolist()
+        cells[str(name)] = [None if m else t for t, m in zip(text.tolist(), missing, strict=True)]
+    key = source.provenance["dataset"]
+    where = [f"row {i + 1} of {key} as shaped" for i in range(len(frame))]
+    return _Table(list(cells), cells, where, {key: source.provenance["shaped_sha256"]}), source.provenance
 
 
 def _numbers(cells: list[str | None]) -> list[float] | None:
@@ -404,14 +431,18 @@ def federated_table(data: Any, fed: Any, owner_file: str | None = None, owner: s
     With `owner_file` (an owner's supernode): that file alone, checked against the config's
     schema, is the one client with rows (`owner` names it when the file has no client
     column); without `data.path` (a deployed server) no client has rows here."""
-    if owner_file is None and data.path is None:
+    if owner_file is None and data.path is None and data.source is None:
         clients, columns = list(data.clients), _configured_columns(data)
         train, held = _split(data, fed, clients)
         kind, n_outputs, shape = _shape(columns, data.labels)
         remote = lambda v: OwnedClient(v, kind, n_outputs, shape)  # noqa: E731
         return TableData([remote(v) for v in train], [remote(v) for v in held], kind, n_outputs, shape,
                          _schema(data, clients, columns, data.labels))
-    table = read_table(owner_file if owner_file is not None else data.path)
+    provenance = None
+    if owner_file is None and data.source is not None:
+        table, provenance = source_table(data)
+    else:
+        table = read_table(owner_file if owner_file is not None else data.path)
     features = _columns(data, table, owner)
     has_owner_column = data.client_column in table.cells
     rows = _drop_missing(data, table, [*([data.client_column] if has_owner_column else []), data.label_column, *features])
@@ -455,7 +486,7 @@ def federated_table(data: Any, fed: Any, owner_file: str | None = None, owner: s
         (value,) = owners
         place = ("train", train.index(value)) if value in train else ("test", held.index(value))
     return TableData([client(v) for v in train], [client(v) for v in held], kind, n_outputs, shape,
-                     _schema(data, clients, columns, labels), dict(table.files), place)
+                     _schema(data, clients, columns, labels), dict(table.files), place, provenance)
 
 
 def configured_schema(data: Any) -> dict[str, Any] | None:
@@ -478,6 +509,6 @@ def with_schema(cfg: Any, data: TableData) -> Any:
 def resolve_schema(cfg: Any) -> Any:
     """`cfg` with its table's schema written out, read from `data.path` where it is not
     (what a deployed server sends its owners); other configs unchanged."""
-    if cfg.data.name != "table" or cfg.data.path is None:
+    if cfg.data.name != "table" or (cfg.data.path is None and cfg.data.source is None):
         return cfg
     return with_schema(cfg, federated_table(cfg.data, cfg.federated))

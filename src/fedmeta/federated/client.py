@@ -36,9 +36,10 @@ class LocalSGD:
     kind: str
     lr: float
     mu: float = 0.0
+    class_weights: tuple[float, ...] | None = None
 
     def step(self, params: Params, anchor: Params, episodes: TaskBatch) -> Params:
-        loss_fn = loss_for(self.kind)
+        loss_fn = loss_for(self.kind, self.class_weights)
         x = torch.cat([episodes.xs.flatten(0, 1), episodes.xq.flatten(0, 1)])  # (examples, ...)
         y = torch.cat([episodes.ys.flatten(0, 1), episodes.yq.flatten(0, 1)])
 

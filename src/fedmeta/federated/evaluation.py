@@ -29,14 +29,45 @@ def evaluation_clients(data: FederatedData, split: str) -> list:
     return data.held_out if split == "test" else data.train[:MAX_TRAIN_CLIENTS]
 
 
+def episodes(clients: list, indices: list[int], *, seed: int, split: str) -> TaskBatch:
+    """Each client's evaluation episode, one task each; `indices`: the clients' places among
+    the split's evaluation clients."""
+    eps = [c.sample(1, evaluation_generator(seed, split, i)) for c, i in zip(clients, indices, strict=True)]
+    return TaskBatch(*(torch.cat([getattr(e, f) for e in eps]) for f in ("xs", "ys", "xq", "yq")))
+
+
 def client_figures(learner: MetaLearner, params: Params, clients: list, indices: list[int], *, seed: int,
                    inner_steps: int, split: str) -> dict[str, torch.Tensor]:
-    """Each client's figures (metric -> one value per client) on its evaluation episode;
-    `indices`: the clients' places among the split's evaluation clients."""
-    eps = [c.sample(1, evaluation_generator(seed, split, i)) for c, i in zip(clients, indices, strict=True)]
-    batch = TaskBatch(*(torch.cat([getattr(e, f) for e in eps]) for f in ("xs", "ys", "xq", "yq")))
+    """Each client's figures (metric -> one value per client) on its evaluation episode."""
+    batch = episodes(clients, indices, seed=seed, split=split)
     device = device_of(learner.model)
     return to_cpu(learner.evaluate(to_device(params, device), batch_to(batch, device), inner_steps, per_task=True))
+
+
+def pooled_figures(learner: MetaLearner, params: Params, batch: TaskBatch, inner_steps: int,
+                   metrics: list[str]) -> dict[str, float]:
+    """`meta.eval_metrics` over every query example of `batch` together, before and after
+    adaptation: rmse and mae of a regression; auc (scikit-learn's, of class 1's softmax
+    probability; left out when the query holds one class only) and balanced_accuracy
+    (the mean of the classes' recalls) of a classification."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    device = device_of(learner.model)
+    outputs = to_cpu(learner.predict(to_device(params, device), batch_to(batch, device), inner_steps))
+    y = batch.yq.reshape(-1).numpy()
+    out: dict[str, float] = {}
+    for when, raw in zip(("before", "after"), outputs, strict=True):
+        raw = raw.reshape(len(y), -1).double()
+        for metric in metrics:
+            if metric == "rmse":
+                out[f"rmse_{when}"] = float(((raw[:, 0] - torch.from_numpy(y)) ** 2).mean().sqrt())
+            elif metric == "mae":
+                out[f"mae_{when}"] = float((raw[:, 0] - torch.from_numpy(y)).abs().mean())
+            elif metric == "auc" and len(set(y.tolist())) == 2:
+                out[f"auc_{when}"] = float(roc_auc_score(y, raw.softmax(-1)[:, 1].numpy()))
+            elif metric == "balanced_accuracy":
+                out[f"balanced_acc_{when}"] = float(balanced_accuracy_score(y, raw.argmax(-1).numpy()))
+    return out
 
 
 def summarize(per: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
@@ -54,10 +85,15 @@ def summarize(per: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
 
 
 def personalization(learner: MetaLearner, params: Params, data: FederatedData, *, seed: int, inner_steps: int,
-                    split: str = "test") -> dict[str, Any]:
+                    split: str = "test", metrics: list[str] | None = None) -> dict[str, Any]:
     """The held-out clients' (`split="test"`) or the first training clients' figures, on
-    the same episodes every time."""
+    the same episodes every time, with the pooled `metrics` (`meta.eval_metrics`)."""
     clients = evaluation_clients(data, split)
     per = client_figures(learner, params, clients, list(range(len(clients))), seed=seed, inner_steps=inner_steps,
                          split=split)
-    return summarize(per, split)
+    row = summarize(per, split)
+    if metrics:
+        batch = episodes(clients, list(range(len(clients))), seed=seed, split=split)
+        pooled = pooled_figures(learner, params, batch, inner_steps, metrics)
+        row = {**{k: v for k, v in row.items() if k != "per_client"}, **pooled, "per_client": row["per_client"]}
+    return row

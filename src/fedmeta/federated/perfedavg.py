@@ -30,9 +30,10 @@ class PerFedAvg:
     alpha: float
     beta: float
     variant: str = "fo"
+    class_weights: tuple[float, ...] | None = None
 
     def _loss(self, p: Params, x: Tensor, y: Tensor) -> Tensor:
-        return loss_for(self.kind)(functional_call(self.model, p, (x,)), y)
+        return loss_for(self.kind, self.class_weights)(functional_call(self.model, p, (x,)), y)
 
     def direction(self, w: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, xh: Tensor, yh: Tensor) -> Params:
         g_d = grad(self._loss)(w, xs, ys)

@@ -101,6 +101,7 @@ class PrivateLocal:
     noise_multiplier: float
     mu: float = 0.0
     learner: MetaLearner | None = None
+    class_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.sample_rate <= 1:
@@ -136,7 +137,7 @@ class PrivateLocal:
                     learner.inner_steps,
                     "at least 1 for Reptile with privacy.dp = 'example'",
                 )
-        self.loss = loss_for(self.kind)
+        self.loss = loss_for(self.kind, self.class_weights)
 
     # -- accounting -----------------------------------------------------------------------
     @property

@@ -147,6 +147,27 @@ def check_remote(transport: Any) -> None:
                                              "owner's rows (only a deployed server runs on the schema alone)")
 
 
+def check_task_options(cfg: Config, data: Any) -> None:
+    """`data.class_weights` and `meta.eval_metrics` that the data's task has (the metrics
+    computed where the rows are)."""
+    weights = cfg.data.class_weights
+    if weights is not None and (data.kind != "classification" or len(weights) != data.n_outputs):
+        accepted = (f"{data.n_outputs} weights, one per class" if data.kind == "classification"
+                    else "unset for a regression")
+        raise ConfigError("data.class_weights", weights, accepted)
+    for metric in cfg.meta.eval_metrics or ():
+        if getattr(data, "remote", False):
+            raise ConfigError("meta.eval_metrics", metric, "unset on a deployed server: each owner sends its four figures "
+                                                           "and no query outputs")
+        if metric in ("rmse", "mae") and data.kind != "regression":
+            raise ConfigError("meta.eval_metrics", metric, "'auc' or 'balanced_accuracy' for a classification")
+        if metric in ("auc", "balanced_accuracy") and data.kind != "classification":
+            raise ConfigError("meta.eval_metrics", metric, "'rmse' or 'mae' for a regression")
+        if metric == "auc" and data.n_outputs != 2:
+            raise ConfigError("meta.eval_metrics", metric, f"'balanced_accuracy' for {data.n_outputs} classes "
+                                                           "(auc takes two)")
+
+
 def provenance(*, model: Any = None, strategy: Any = None, robust: Any = None,
                client_steps: dict[str, Any] | None = None, data: Any = None, procedure: Any = None) -> dict[str, Any]:
     """What a run took from Python instead of its config, by name (only what was given)."""
@@ -194,6 +215,7 @@ class Runtime:
             self.cfg = cfg = with_schema(cfg, self.clients.data)
         if getattr(self.data, "remote", False):
             check_remote(transport)
+        check_task_options(cfg, self.data)
         params = to_cpu(self.clients.learner.init(parameters_of(self.clients.model)))  # the server's stay on the CPU
         self.server = Server(cfg, params, len(self.clients.data.train), self.clients.training.event, strategy, robust)
         if self.clients.client_dp is not None:  # one DP stage: the server's C is the clients' C
@@ -242,7 +264,8 @@ class Runtime:
         if getattr(self.data, "remote", False):
             return summarize(self.transport.evaluate(split, self.server.params), split)
         return personalization(self.learner, self.server.params, self.data, seed=self.cfg.run.seed,
-                               inner_steps=self.cfg.meta.eval_inner_steps, split=split)
+                               inner_steps=self.cfg.meta.eval_inner_steps, split=split,
+                               metrics=self.cfg.meta.eval_metrics)
 
     def start_record(self) -> dict[str, Any]:
         """What the ledger's `start` entry records besides the config: the parts given from
@@ -256,6 +279,8 @@ class Runtime:
                 record["owners"] = dict(sorted(getattr(self.transport, "owners", {}).items()))
             else:
                 record["files"] = {Path(p).name: sha for p, sha in data.files.items()}
+            if data.source is not None:
+                record["source"] = data.source
             out["data"] = record
         return out
 
@@ -278,7 +303,8 @@ class Runtime:
         for path, sha in state.get("data_files", {}).items():
             now = getattr(self.data, "files", {}).get(path)
             if now != sha:
-                raise BadInput("data.path", path, f"the file the run began with (SHA-256 {sha[:16]}…, now "
+                field = "data.source" if getattr(self.data, "source", None) else "data.path"
+                raise BadInput(field, path, f"the table the run began with (SHA-256 {sha[:16]}…, now "
                                                   f"{'absent' if now is None else now[:16] + '…'}): it changed since")
         self.server.load_state_dict(state)
         if "codec_state" in state:  # checkpoints before the client pipeline: the compression state only

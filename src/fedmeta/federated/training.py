@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
+from fedmeta.build import class_weights
 from fedmeta.config import Config
 from fedmeta.data.base import TaskBatch
 from fedmeta.data.sinusoid import Sinusoid, sample_regions
@@ -42,16 +43,17 @@ def make_procedure(cfg: Config, model: nn.Module, kind: str, learner: MetaLearne
     """The local procedure `federated.clients.procedure` names (see `client.py`, `perfedavg.py`)."""
     clients = cfg.federated.clients
     mu = clients.mu if clients.procedure == "fedprox" else 0.0
+    weights = class_weights(cfg)
     if cfg.privacy.dp == "example":
         dp = cfg.privacy
         return PrivateLocal(model, kind, clients.lr, sample_rate=dp.example_sample_rate, clip_norm=dp.clip_norm,
                             noise_multiplier=dp.noise_multiplier, mu=mu,
-                            learner=learner if clients.procedure == "fedmeta" else None)
+                            learner=learner if clients.procedure == "fedmeta" else None, class_weights=weights)
     if clients.procedure == "fedmeta":
         return LocalMeta(learner, clients.lr)
     if clients.procedure == "perfedavg":
-        return PerFedAvg(model, kind, cfg.meta.inner_lr, clients.lr, clients.perfedavg_variant)
-    return LocalSGD(model, kind, clients.lr, mu)
+        return PerFedAvg(model, kind, cfg.meta.inner_lr, clients.lr, clients.perfedavg_variant, weights)
+    return LocalSGD(model, kind, clients.lr, mu, weights)
 
 
 @dataclass

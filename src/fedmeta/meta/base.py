@@ -43,9 +43,19 @@ def batching_for(model: nn.Module) -> Literal["vmap", "loop"]:
     return "loop" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "vmap"
 
 
-def loss_for(kind: Kind) -> Callable[[Tensor, Tensor], Tensor]:
-    """Mean squared error for regression, cross-entropy for classification."""
-    return F.mse_loss if kind == "regression" else F.cross_entropy
+def loss_for(kind: Kind, class_weights: tuple[float, ...] | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Mean squared error for regression, cross-entropy for classification: with
+    `class_weights` (`data.class_weights`) the weighted mean Σ w_y ℓ / Σ w_y."""
+    if kind == "regression":
+        return F.mse_loss
+    if class_weights is None:
+        return F.cross_entropy
+    weights = torch.tensor(class_weights, dtype=torch.float32)
+
+    def weighted(logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits, labels, weight=weights.to(logits.device, logits.dtype))
+
+    return weighted
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -75,9 +85,10 @@ class MetaLearner:
     first_order: bool = False
     batching: Batching = "auto"
     compile_query: bool = False
+    class_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        self.loss = loss_for(self.kind)
+        self.loss = loss_for(self.kind, self.class_weights)
         self._compiled_query = (
             torch.compile(self._query, dynamic=False) if self.compile_query else None
         )
@@ -173,6 +184,19 @@ class MetaLearner:
         return adapted
 
     # -- evaluation ---------------------------------------------------------------------
+    def predict(self, meta: Params, batch: TaskBatch, steps: int | None = None) -> tuple[Tensor, Tensor]:
+        """The query outputs (tasks, query, outputs) before and after adaptation."""
+
+        def one(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
+            before = self.forward(self.network(meta), xq)
+            return before.detach(), self.forward(self.adapt(meta, xs, ys, steps), xq).detach()
+
+        parts = (batch.xs, batch.ys, batch.xq, batch.yq)
+        if self.batching == "vmap":
+            return vmap(one)(*parts)
+        before, after = zip(*(one(*task) for task in zip(*parts)))
+        return torch.stack(before), torch.stack(after)
+
     def evaluate(
         self, meta: Params, batch: TaskBatch, steps: int | None = None, per_task: bool = False
     ) -> dict[str, Any]:
