@@ -186,6 +186,8 @@ def supernode(
     data_dir: Annotated[str | None, typer.Option(help="This owner's datasets folder.")] = None,
     key: Annotated[Path | None, typer.Option(help="This client's Ed25519 signing key (PEM).")] = None,
     config: Annotated[Path | None, typer.Option(help="Refuse any server config but this one (TOML).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="Keep this client's state (a top-k residual) here, so a resumed run resumes it.")] = None,
     insecure: Insecure = False,
     allow_insecure_remote: AllowRemote = False,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the superlink (PEM).")] = None,
@@ -220,11 +222,14 @@ def supernode(
         raise BadInput("--key", str(key), "an existing PEM file (fedmeta keys create)")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise BadInput("--data-dir", data_dir, "an existing folder (this owner's datasets)")
+    if state_dir is not None and not state_dir.is_dir():
+        raise BadInput("--state-dir", str(state_dir), "an existing folder (this client's own, kept between runs)")
     if config is not None:
         _config(config, None, None)  # a pinned config must itself be valid and deployable
     pinned = config and config.resolve()
     node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve()), ("config", pinned),
-                                        ("data-file", data and data.resolve()), ("owner", owner)) if v})
+                                        ("data-file", data and data.resolve()), ("owner", owner),
+                                        ("state-dir", state_dir and state_dir.resolve())) if v})
     _run(supernode_command(superlink, port, node, tls), show)
 
 

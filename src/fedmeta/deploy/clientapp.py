@@ -4,10 +4,10 @@ server sends, and answers each round with the same pipeline as in-process client
 
 A client picks its own client id (`partition-id` of its supernode's `node_config`), draws
 its episodes from its own stream (seed, round, attempt, client), and keeps its steps'
-state (a top-k residual) in the node's Flower context. Seeded noise is per (round,
-client) in both runtimes, so example-level DP runs with a fixed seed give the same
-parameters deployed and in-process; other procedures draw the same client sample but
-different episodes (in-process draws all clients' episodes from one round stream).
+state (a top-k residual) in the node's Flower context, and with `state-dir` on its own
+disk too, so that a resumed deployment resumes it (`client_state.py`). Episodes and
+seeded noise are per (round, attempt, client) in both runtimes, so with `noise_seed` a
+deployed run gives the in-process run's parameters.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from fedmeta.config import Config, load_config
 from fedmeta.deploy import secagg
+from fedmeta.deploy.client_state import ClientStateStore
 from fedmeta.deploy.messages import (
     FIGURES,
     HEADER,
@@ -136,13 +137,20 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
     pipeline = side.pipeline(cfg, lambda _: key)
     if protocol is not None:  # the masked input is signed instead, in its own phase
         pipeline = pipeline.without("sign")
-    states = {n: state[STEP_STATE + n].to_torch_state_dict() for n in pipeline.steps if STEP_STATE + n in state}
+    store = node_config.get("state-dir")
+    store = store and ClientStateStore(str(store), str(header.get("run_key", "")), cid)
+    if store:  # the state as of the previous (round, attempt), from this node's disk
+        states = {n: v for n, v in store.load(r, attempt).items() if n in pipeline.steps}
+    else:
+        states = {n: state[STEP_STATE + n].to_torch_state_dict() for n in pipeline.steps if STEP_STATE + n in state}
     ctx = StepContext(params, r, attempt, gen, lambda c: rng_for(seed, r, c + 1), float(header["clip_norm"]),
                       str(header["run_id"]))
     upload, states = pipeline(Upload(cid, delta), states, ctx)
     for name, value in states.items():
         if isinstance(value, dict):
             state[STEP_STATE + name] = ArrayRecord(torch_state_dict=value)
+    if store:
+        store.save(r, attempt, {n: v for n, v in states.items() if isinstance(v, dict)})
     weight = float(getattr(side.data.train[cid], "n_examples", 1))
     if protocol is not None:
         update = check_update(str(cid), upload.data, params)  # the client's own check: nobody else sees Δ

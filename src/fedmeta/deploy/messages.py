@@ -44,9 +44,10 @@ def check_deployable(cfg: Config) -> None:
 
 
 # -- the wire: plain values <-> Flower records ----------------------------------------------
-def train_request(cfg_toml: str, b: Broadcast, round_: int, attempt: int, cid: int) -> RecordDict:
+def train_request(cfg_toml: str, b: Broadcast, round_: int, attempt: int, cid: int, run_key: str = "") -> RecordDict:
+    """`run_key`: the fedmeta run's own id, under which a client keeps its state on disk."""
     header = {"config": cfg_toml, "round": round_, "attempt": attempt, "client": cid, "run_id": b.run_id,
-              "clip_norm": b.clip_norm}
+              "clip_norm": b.clip_norm, "run_key": run_key}
     return RecordDict({HEADER: ConfigRecord(header), PARAMS: ArrayRecord(torch_state_dict=b.params)})
 
 

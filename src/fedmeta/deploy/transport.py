@@ -49,6 +49,7 @@ class FlowerTransport:
                  data: Any = None):
         check_deployable(cfg)
         self.grid, self.deadline, self.toml = grid, deadline, cfg.to_toml()
+        self.run_key = ""  # the fedmeta run's id (the driver sets it): clients key their saved state by it
         self.neighbourhood = cfg.privacy.secure_aggregation
         self.signs = bool(cfg.ledger.participants)
         self.schema = configured_schema(cfg.data)
@@ -110,7 +111,7 @@ class FlowerTransport:
     def exchange(self, round_: int, attempt: int, sampled: list[int], b: Broadcast) -> Replies:
         out = Replies(sampled, attempt, dropped={c: "no supernode holds this client" for c in sampled if c not in self.nodes})
         clients = [c for c in sampled if c in self.nodes]
-        asks = {c: train_request(self.toml, b, round_, attempt, c) for c in clients}
+        asks = {c: train_request(self.toml, b, round_, attempt, c, self.run_key) for c in clients}
         if self.neighbourhood in GRAPHS:
             return self.exchange_secure(round_, attempt, clients, asks, b, out)
         for cid, content in self.send(TRAIN, asks, f"{round_}.{attempt}", out.dropped).items():

@@ -53,6 +53,8 @@ class Driver:
             runtime.load_state_dict(self.committed["state"]["simulation"])
             self.progress = self.committed["state"]["progress"]
         self.t0 = time.perf_counter() - self.progress["elapsed"]
+        if hasattr(runtime.transport, "run_key"):  # deployed clients keep their state under the run's id
+            runtime.transport.run_key = self.progress["run_id"]
 
     def publish(self, step: dict[str, Any]) -> dict[str, Any] | None:
         """Publish a committed step (again, after a kill: every publication is idempotent)."""
