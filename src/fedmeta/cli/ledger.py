@@ -143,5 +143,30 @@ def prove(
     typer.echo(json.dumps(doc, indent=2))
 
 
+@ledger_app.command("verify-proof")
+def verify_proof(
+    proof: Annotated[Path, typer.Argument(help="A file holding the JSON `fedmeta ledger prove` printed.")],
+    public_key: Annotated[
+        str | None, typer.Option(help="Expected server public key (hex); pins it.")
+    ] = None,
+) -> None:
+    """Exit 0 only if the proof's entry is in the tree its signed head commits to."""
+    from fedmeta.errors import FedmetaError
+    from fedmeta.ledger.standalone import ProofError, verify_proof_document
+
+    try:
+        doc = json.loads(proof.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadInput("PROOF", str(proof), f"a readable JSON file that `fedmeta ledger prove` printed ({err})") from None
+    if not isinstance(doc, dict):
+        raise BadInput("PROOF", str(proof), "a JSON object that `fedmeta ledger prove` printed")
+    try:
+        verify_proof_document(doc, public_key)
+    except ProofError as err:
+        raise FedmetaError(f"proof {proof}: {err}") from None
+    typer.echo(f"ok: entry {doc['index']} is in the tree of size {doc['tree_size']} with root {doc['root']}, "
+               f"signed by {doc['public_key']}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(ledger_app, name="ledger")

@@ -264,6 +264,10 @@ def check_compatible(cfg: Config) -> None:
                                                    "metrics.jsonl holds its figures")
     if cfg.ledger.enabled and fed is None:
         raise ConfigError("ledger.enabled", True, "a federated run (add a [federated] section)")
+    if cfg.ledger.anchor and not cfg.ledger.enabled:
+        raise ConfigError("ledger.anchor", cfg.ledger.anchor, "unset, or ledger.enabled = true (anchors sign the ledger's roots)")
+    if cfg.ledger.anchor_every is not None and not cfg.ledger.anchor:
+        raise ConfigError("ledger.anchor_every", cfg.ledger.anchor_every, "unset without ledger.anchor")
     if cfg.ledger.client_keys and not (cfg.ledger.enabled and cfg.ledger.participants):
         raise ConfigError("ledger.client_keys", cfg.ledger.client_keys,
                           "signed updates need ledger.enabled = true and the registered ledger.participants")

@@ -323,6 +323,18 @@ class LedgerConfig(Section):
     server_key: str | None = None  # Ed25519 PEM; default $FEDMETA_HOME/server_key.pem
     client_keys: str | None = None  # folder of <client id>.pem made by `fedmeta keys create`
     participants: dict[str, str] = {}  # registered client id -> Ed25519 public key (hex)
+    # write the signed root on an Ethereum chain during the run (ledger/anchor.py):
+    # "eth-tester" (an in-process chain, for tests) or a node's JSON-RPC URL
+    anchor: str | None = None
+    anchor_every: PosInt | None = None  # rounds between anchors; unset: every round
+
+    @field_validator("anchor")
+    @classmethod
+    def _chain(cls, anchor: str | None) -> str | None:
+        if anchor is not None and anchor != "eth-tester" and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", anchor):
+            raise ConfigError("ledger.anchor", anchor, "'eth-tester' or an Ethereum node's JSON-RPC URL, "
+                                                       "e.g. http://127.0.0.1:8545")
+        return anchor
 
     @field_validator("participants")
     @classmethod

@@ -45,6 +45,8 @@ class RunRecord:
         self.key = load_or_create_private_key(key_path)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.ledger: RunLedger | None = None
+        self.chain: Any = None  # the web3 connection of `ledger.anchor`, made when first needed
+        self.anchored_here: set[str] = set()  # anchor transactions sent by this process
 
     @property
     def public_key(self) -> str:
@@ -85,10 +87,24 @@ class RunRecord:
         if ledger.last_round is not None and r <= ledger.last_round:  # published before a crash
             if r == ledger.last_round and sha != ledger.last_model:
                 raise VerificationError(f"round {r} model on resume", ledger.last_model, sha)
+        else:
+            ledger.round(r, sha, self.parent, sorted(entry["commitments"]), entry["commitments"],
+                         entry["aggregation"], entry["epsilon"], entry["delta"], entry["metrics"],
+                         entry["rejected"], entry["refused"])
+        if r % (self.cfg.ledger.anchor_every or 1) == 0 and ledger.last_round == r:
+            self._anchor(ledger)
+
+    def _anchor(self, ledger: RunLedger) -> None:
+        """Write the latest signed root on `ledger.anchor`'s chain and record it, unless the
+        latest entry already is its anchor (published before a crash)."""
+        if not self.cfg.ledger.anchor or ledger.last_type == "anchor":
             return
-        ledger.round(r, sha, self.parent, sorted(entry["commitments"]), entry["commitments"],
-                     entry["aggregation"], entry["epsilon"], entry["delta"], entry["metrics"],
-                     entry["rejected"], entry["refused"])
+        from fedmeta.ledger.anchor import anchor_latest, chain_for
+
+        if self.chain is None:
+            self.chain = chain_for(self.cfg.ledger.anchor)
+        anchor_latest(ledger, self.chain)
+        self.anchored_here.add(ledger.anchor_txs[-1])
 
     def end(self, run_id: str, params: Params, summary: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
         """The `end` entry (once), the ledger verified from disk, and the seal for the summary:
@@ -96,12 +112,15 @@ class RunRecord:
         ledger = self._open(run_id)
         if not ledger.ended:
             ledger.end(store_model(self.run_dir, model_bytes(params)), summary, files)
-        size = ledger.end_size
+        self._anchor(ledger)  # the final root, on chain too
+        size, anchors = ledger.end_size, list(ledger.anchor_txs)
         head = next(h for h in ledger.ledger.tree_heads() if h.size == size)
         ledger.close()
         self.ledger = None
-        verify_ledger(self.run_dir, public_key=self.public_key)
-        return {
+        # eth-tester's chain lives in this process: anchors sent before a resume are gone with it
+        on_chain = bool(anchors) and (self.cfg.ledger.anchor != "eth-tester" or set(anchors) <= self.anchored_here)
+        verify_ledger(self.run_dir, public_key=self.public_key, anchor=self.chain if on_chain else None)
+        seal = {
             "entries": size,
             "run_id": run_id,
             "root": head.root.hex(),
@@ -110,3 +129,6 @@ class RunRecord:
             "server_public_key": self.public_key,
             "verified": True,
         }
+        if anchors:
+            seal["anchors"] = {"count": len(anchors), "checked_on_chain": on_chain}
+        return seal

@@ -36,6 +36,7 @@ from fedmeta.federated.server import Server, check_strategy
 from fedmeta.federated.strategies import Strategy
 from fedmeta.federated.training import Training
 from fedmeta.federated.transport import Replies, Transport
+from fedmeta.ledger.anchor import check_chain_installed
 from fedmeta.meta import MetaLearner
 from fedmeta.models import parameters_of
 from fedmeta.tracking import check_tensorboard
@@ -201,6 +202,7 @@ class Runtime:
             raise ValueError("a federated runtime needs a [federated] section")
         self.cfg = cfg
         check_tensorboard(cfg)
+        check_chain_installed(cfg.ledger.anchor)
         check_strategy(strategy)  # the cheap checks first: nothing is built for a bad argument
         check_client_steps(client_steps)
         if robust is not None:

@@ -28,6 +28,27 @@ def connect(url: str) -> Any:
     return Web3(Web3.HTTPProvider(url))
 
 
+def chain_for(spec: str) -> Any:
+    """The chain `ledger.anchor` names: eth-tester's in-process chain ("eth-tester"), which
+    lives as long as this process, or the node at a JSON-RPC URL."""
+    if spec != "eth-tester":
+        return connect(spec)
+    from web3 import EthereumTesterProvider, Web3
+
+    return Web3(EthereumTesterProvider())
+
+
+def check_chain_installed(spec: str | None) -> None:
+    """`ledger.anchor` needs web3 (and eth-tester for "eth-tester"): one line if missing."""
+    import importlib.util
+
+    from fedmeta.errors import ConfigError
+
+    needed = [] if spec is None else ["web3"] + (["eth_tester"] if spec == "eth-tester" else [])
+    if any(importlib.util.find_spec(m) is None for m in needed):
+        raise ConfigError("ledger.anchor", spec, "installed web3 and eth-tester: pip install 'fedmeta[chain]'")
+
+
 def anchor_data(size: int, root: bytes) -> bytes:
     return ANCHOR_TAG + struct.pack(">Q", size) + root
 

@@ -65,6 +65,8 @@ class RunLedger:
         self.ended = False
         self.end_size: int | None = None  # tree size that covers the `end` entry
         self.tracked = 0
+        self.last_type: str | None = None
+        self.anchor_txs: list[str] = []  # the anchor entries' transactions, in order
         for _, body, _ in ledger.entries():
             self._track(json.loads(body))
 
@@ -89,13 +91,15 @@ class RunLedger:
 
     def _track(self, entry: dict[str, Any]) -> None:
         self.tracked += 1
-        kind = entry.get("type")
+        kind = self.last_type = entry.get("type")
         if kind == "start":
             self.run_id, self.start_entry_body = entry["run_id"], entry
         elif kind == "round":
             self.last_round, self.last_model = entry["round"], entry["model_sha256"]
         elif kind == "end":
             self.ended, self.end_size = True, self.tracked
+        elif kind == "anchor":
+            self.anchor_txs.append(entry["tx_hash"])
 
     def _append(self, *entries: dict[str, Any]) -> TreeHead:
         """Append `entries` in one transaction under one signed tree head."""
