@@ -3,7 +3,8 @@
 Each application is its config in `configs/apps/` run as it ships and with the overrides
 that make each method (below), for `--seeds` seeds (run.seed = 0, 1, ...), with the DP
 noise seeded (`privacy.noise_seed` = the run's seed) so that a table reproduces. Every run
-is kept under `--out` (report, ledger), so any figure can be traced to its run folder.
+is kept under `--out` (report, ledger), so any figure can be traced to its run folder, and
+a rerun with the same `--out` reads the runs that finished instead of repeating them.
 
 - Figures are the held-out owners' (users, banks, clinics that never trained), pooled
   over their query sets (`meta.eval_metrics`), before and after adaptation on their
@@ -55,16 +56,16 @@ APPS: dict[str, dict[str, Any]] = {
         "methods": {
             "FedAvg (+ fine-tuning: after)": {"federated.clients.procedure": "sgd"},
             "FedProx μ=0.1 (+ fine-tuning: after)": {"federated.clients.procedure": "fedprox",
-                                                     "federated.clients.prox_mu": 0.1},
+                                                     "federated.clients.mu": 0.1},
             "FedMeta-MAML (as shipped)": {},
-            "FedMeta-MAML, one poisoning bank (sign flip x10)": {
-                "federated.attack.name": "sign_flip", "federated.attack.scale": 10.0, "federated.attack.fraction": 0.04},
+            "FedMeta-MAML, one poisoning bank (sign flip x20)": {
+                "federated.attack.name": "sign_flip", "federated.attack.scale": 20.0, "federated.attack.fraction": 0.04},
             "  ... with the coordinate-wise median": {
-                "federated.attack.name": "sign_flip", "federated.attack.scale": 10.0, "federated.attack.fraction": 0.04,
+                "federated.attack.name": "sign_flip", "federated.attack.scale": 20.0, "federated.attack.fraction": 0.04,
                 "federated.robust.rule": "median"},
-            "FedMeta-MAML, bank-level DP + SecAgg+": {
-                "privacy.dp": "central", "privacy.clip_norm": 1.0, "privacy.noise_multiplier": 0.5,
-                "privacy.delta": 1e-3, "privacy.secure_aggregation": "secagg+"},
+            "FedMeta-MAML, bank-level DP + SecAgg+ (30 rounds)": {
+                "privacy.dp": "central", "privacy.clip_norm": 1.0, "privacy.noise_multiplier": 1.5,
+                "privacy.delta": 1e-3, "privacy.secure_aggregation": "secagg+", "federated.rounds": 30},
         },
     },
     "covid": {
@@ -93,14 +94,21 @@ def local_only(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def one_run(app: dict[str, Any], method: Any, seed: int, out: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """One method's run for one seed, or its figures from `out` when it finished before
+    (`figures.json`): rerunning the script fills in only what is missing."""
+    done = out / "figures.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     overrides = {"run.seed": seed, **extra}
     start = time.process_time()
     if method == "local":
         summary = local_only(app["config"], overrides)
+        out.mkdir(parents=True, exist_ok=True)
     else:
         overrides = {**overrides, "privacy.noise_seed": seed, **method}
         summary = fedmeta.run(app["config"], overrides=overrides, out=out, progress=False).summary
     summary["cpu_seconds"] = time.process_time() - start
+    done.write_text(json.dumps(summary))
     return summary
 
 
@@ -121,9 +129,12 @@ def figures(summary: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, floa
 
 
 def cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+    """mean ± sample sd (the mean alone when every seed gave the same value)."""
+    mean = statistics.mean(values)
+    shown = f"{mean:,.0f}" if abs(mean) >= 1000 else f"{mean:.4g}"
+    if len(values) == 1 or len(set(values)) == 1:
+        return shown
+    return f"{shown} ± {statistics.stdev(values):.2g}"
 
 
 def table(rows: dict[str, list[dict[str, Any]]], metrics: tuple[str, ...]) -> str:
