@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import fedmeta
+from fedmeta.data import movielens
 
 NO_DP = {"privacy.dp": "off", "privacy.secure_aggregation": "off"}
+MOVIELENS_FEATURES = movielens.FEATURES
 
 APPS: dict[str, dict[str, Any]] = {
     "movielens": {
@@ -44,6 +46,9 @@ APPS: dict[str, dict[str, Any]] = {
             "Per-FedAvg": {**NO_DP, "federated.clients.procedure": "perfedavg"},
             "FedMeta-Reptile": {**NO_DP, "meta.algorithm": "reptile"},
             "FedMeta-MAML": dict(NO_DP),
+            "FedMeta-MAML + movie embedding (movielens-embedding.toml)": {
+                **NO_DP, "data.features": [*MOVIELENS_FEATURES, "movie"], "data.index_columns": ["movie"],
+                "model.embedding_dim": 8},
             "centralized MAML (every user, every round)": {
                 **NO_DP, "federated.clients_per_round": 380, "federated.clients.local_steps": 1, "federated.rounds": 300},
             "FedMeta-MAML, user-level DP + SecAgg+ (as shipped)": {},
@@ -52,7 +57,7 @@ APPS: dict[str, dict[str, Any]] = {
     },
     "credit": {
         "config": "configs/apps/credit-banks.toml",
-        "metrics": ("auc", "balanced_acc"),
+        "metrics": ("auc", "balanced_acc", "acc"),
         "methods": {
             "FedAvg (+ fine-tuning: after)": {"federated.clients.procedure": "sgd"},
             "FedProx μ=0.1 (+ fine-tuning: after)": {"federated.clients.procedure": "fedprox",
@@ -154,18 +159,21 @@ def main() -> None:
     ap.add_argument("app", choices=[*APPS, "all"])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("runs/applications"))
+    ap.add_argument("--only", default="", help="run only the methods whose label contains this text")
     args = ap.parse_args()
     for name in APPS if args.app == "all" else [args.app]:
         app = APPS[name]
         rows: dict[str, list[dict[str, Any]]] = {}
         for label, method in app["methods"].items():
+            if args.only not in label:
+                continue
             rows[label] = [one_run(app, method, s, args.out / name / _slug(label) / f"seed-{s}", {})
                            for s in range(args.seeds)]
             print(f"{name}: {label} done", file=sys.stderr, flush=True)
         print(f"\n### {name} ({app['config']}, {args.seeds} seeds)\n")
         print(table(rows, app["metrics"]))
         sizes = app.get("support_sizes")
-        if sizes:
+        if sizes and not args.only:
             by_size: dict[str, list[dict[str, Any]]] = {}
             for k in sizes["sizes"]:
                 for label in sizes["methods"]:

@@ -21,10 +21,12 @@ from fedmeta.models import HEAD, build_model
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 
 
-def model_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+def model_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int,
+              embeddings: list[tuple[int, int]] | None = None) -> nn.Module:
     """The network, initialised from `run.seed`. A `model.name` that is a factory's import
     path ("package.module:factory") or a `fedmeta.plugins` entry point ("model.<name>") is
-    called and checked as a factory given from Python is (`network_for`)."""
+    called and checked as a factory given from Python is (`network_for`). `embeddings`: a
+    table's index columns (`data.table.embedded_columns`), which the MLP embeds."""
     name = cfg.model_name
     if name not in MODEL_NAMES:
         from fedmeta.federated.registry import load_plugin
@@ -35,7 +37,8 @@ def model_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int) -> nn.Modul
         except BadInput as err:  # shown as the config gives it, not by the factory's qualified name
             raise type(err)(err.field, name, err.accepted) from None
     torch.manual_seed(cfg.run.seed)
-    return build_model(name, x_shape, n_outputs, hidden=cfg.model.hidden, filters=cfg.model.filters)
+    return build_model(name, x_shape, n_outputs, hidden=cfg.model.hidden, filters=cfg.model.filters,
+                       embeddings=embeddings, embedding_dim=cfg.model.embedding_dim)
 
 
 def device_for(cfg: Config) -> torch.device:
@@ -64,22 +67,24 @@ def _first_line(err: BaseException) -> str:
 
 
 def network_for(cfg: Config, x_shape: tuple[int, ...], n_outputs: int,
-                model: nn.Module | ModelFactory | None = None, field_name: str = "model") -> nn.Module:
+                model: nn.Module | ModelFactory | None = None, field_name: str = "model",
+                embeddings: list[tuple[int, int]] | None = None) -> nn.Module:
     """The run's network (`_network`), built and checked on the CPU, then placed on the
     run's device (`device_for`)."""
     device = device_for(cfg)
-    return _network(cfg, x_shape, n_outputs, model, field_name).to(device)
+    return _network(cfg, x_shape, n_outputs, model, field_name, embeddings).to(device)
 
 
 def _network(cfg: Config, x_shape: tuple[int, ...], n_outputs: int,
-             model: nn.Module | ModelFactory | None = None, field_name: str = "model") -> nn.Module:
+             model: nn.Module | ModelFactory | None = None, field_name: str = "model",
+             embeddings: list[tuple[int, int]] | None = None) -> nn.Module:
     """The config's network (`model_for`), or one given from Python. A module is
     deep-copied (its architecture and its parameters are the run's initial ones); a factory
     `(x_shape, n_outputs) -> nn.Module` is called after seeding torch with `run.seed`, as
     `model_for` builds the config's. Either must map a batch of the data's inputs to
     `n_outputs` outputs; anything else is a one-line `BadInput` naming `field_name`."""
     if model is None:
-        return model_for(cfg, x_shape, n_outputs)
+        return model_for(cfg, x_shape, n_outputs, embeddings)
     if isinstance(model, nn.Module):
         try:
             net = copy.deepcopy(model)

@@ -30,6 +30,26 @@ class MLP(nn.Module):
         return self.head(self.body(x.flatten(1)))
 
 
+class EmbeddingMLP(nn.Module):
+    """An MLP over a table row whose index columns (an item's id) are first replaced by a
+    learned embedding of `dim` numbers each (`embeddings`: (column, vocabulary size)), as
+    recommenders embed items (e.g. MeLU, Lee et al. 2019); every other column goes in as
+    it is."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, hidden: tuple[int, ...],
+                 embeddings: list[tuple[int, int]], dim: int = 8):
+        super().__init__()
+        self.columns = [c for c, _ in embeddings]
+        self.rest = [i for i in range(n_inputs) if i not in set(self.columns)]
+        self.embed = nn.ModuleList(nn.Embedding(size, dim) for _, size in embeddings)
+        self.mlp = MLP(len(self.rest) + dim * len(embeddings), n_outputs, hidden)
+        self.head = self.mlp.head  # ANIL adapts `head.*`
+
+    def forward(self, x: Tensor) -> Tensor:  # (batch, columns) -> (batch, out)
+        parts = [x[:, self.rest]] + [e(x[:, c].long()) for c, e in zip(self.columns, self.embed, strict=True)]
+        return self.mlp(torch.cat(parts, dim=1))
+
+
 class Conv4(nn.Module):
     def __init__(self, in_channels: int, n_outputs: int, filters: int = 64, image_size: int = 28):
         super().__init__()
@@ -52,6 +72,9 @@ class Conv4(nn.Module):
 
 def build_model(name: str, x_shape: tuple[int, ...], n_outputs: int, **kw) -> nn.Module:
     """The network for a task distribution's input shape and output size."""
+    if name == "mlp" and kw.get("embeddings"):
+        return EmbeddingMLP(int(torch.tensor(x_shape).prod()), n_outputs, tuple(kw.get("hidden", (40, 40))),
+                            kw["embeddings"], kw.get("embedding_dim") or 8)
     if name == "mlp":
         return MLP(int(torch.tensor(x_shape).prod()), n_outputs, tuple(kw.get("hidden", (40, 40))))
     if name == "conv4":

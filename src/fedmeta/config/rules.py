@@ -49,7 +49,7 @@ def check_example_dp(
 
 
 _EPISODE_KEYS = ("n_way", "rotations", "test_classes", "test_alphabets")
-_TABLE_KEYS = ("path", "source", "client_column", "label_column", "task", "features", "missing", "held_out", "clients", "columns",
+_TABLE_KEYS = ("path", "source", "client_column", "label_column", "task", "features", "index_columns", "missing", "held_out", "clients", "columns",
                "labels")
 _DATA_USES = {
     ("sinusoid", False): set(),
@@ -171,6 +171,17 @@ def _check_table(cfg: Config) -> None:
                 raise ConfigError("data.features", name, f"a column other than data.{which}_column")
             if data.features.count(name) > 1:
                 raise ConfigError("data.features", name, "distinct columns (it is listed twice)")
+    if data.index_columns is not None:
+        _distinct("data.index_columns", data.index_columns, "column")
+        for name in data.index_columns:
+            if name in (data.client_column, data.label_column) or (data.features is not None and name not in data.features):
+                raise ConfigError("data.index_columns", name, "a feature column (not the client or label column; "
+                                                              "one of data.features when it is given)")
+    if data.columns is not None:
+        indexed = {c.name for c in data.columns if c.kind == "index"}
+        if indexed != set(data.index_columns or ()):
+            raise ConfigError("data.index_columns", data.index_columns, f"the columns of kind 'index' in data.columns: "
+                                                                        f"{sorted(indexed)}")
     if fed.partition.shots == "per_class" and data.task == "regression":
         raise ConfigError("federated.partition.shots", "per_class", "'per_task' with data.task = 'regression' (no classes)")
     if fed.partition.scheme == "shards":
@@ -232,7 +243,7 @@ def _check_schema(data: DataConfig) -> None:
         if col.name in (data.client_column, data.label_column):
             which = "client" if col.name == data.client_column else "label"
             raise ConfigError(f"data.columns[{i}].name", col.name, f"a column other than data.{which}_column")
-        if col.kind == "categorical":
+        if col.kind in ("categorical", "index"):
             if not col.categories:
                 raise ConfigError(f"data.columns[{i}].categories", col.categories, "the column's values, at least one")
             _distinct(f"data.columns[{i}].categories", col.categories, "value")
@@ -254,6 +265,8 @@ def check_compatible(cfg: Config) -> None:
     fed = cfg.federated
     if (cfg.data.name in ("synthetic", "table") or cfg.data.name not in _BUILT_IN) and fed is None:
         raise ConfigError("data.name", cfg.data.name, "a federated run (add a [federated] section)")
+    if cfg.model.embedding_dim is not None and not cfg.data.index_columns:
+        raise ConfigError("model.embedding_dim", cfg.model.embedding_dim, "unset without data.index_columns (nothing to embed)")
     if cfg.data.class_weights is not None and fed is None:
         raise ConfigError("data.class_weights", cfg.data.class_weights, "unset in a central run (a federated run's option)")
     if cfg.meta.eval_metrics and fed is None:

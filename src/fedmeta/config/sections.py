@@ -57,8 +57,9 @@ class RunConfig(Section):
 
 class ColumnSchema(Section):
     name: str
-    kind: Literal["numeric", "categorical"]
-    categories: list[str] | None = None  # categorical: the shared vocabulary, in one-hot order
+    kind: Literal["numeric", "categorical", "index"]
+    # categorical: the shared vocabulary, in one-hot order; index: in embedding-row order
+    categories: list[str] | None = None
 
 
 DATA_NAMES = ("sinusoid", "omniglot", "digits", "synthetic", "table")
@@ -93,6 +94,9 @@ class DataConfig(Section):
     label_column: str | None = None  # the target
     task: Literal["classification", "regression"] | None = None  # unset: "classification"
     features: list[str] | None = None  # unset: every column but the client and label columns
+    # features read as an index into their vocabulary, for a learned embedding (an item's id:
+    # any number of distinct values); the MLP embeds each in model.embedding_dim numbers
+    index_columns: list[str] | None = None
     missing: Literal["refuse", "drop"] | None = None  # a row missing a value; unset: "refuse"
     held_out: list[str] | None = None  # client values held out of training (else federated.held_out_clients)
 
@@ -130,6 +134,7 @@ class ModelConfig(Section):
     name: str = "auto"
     hidden: list[PosInt] = [40, 40]  # mlp
     filters: PosInt = 64  # conv4
+    embedding_dim: PosInt | None = None  # mlp over a table with data.index_columns; unset: 8
 
     @field_validator("name")
     @classmethod

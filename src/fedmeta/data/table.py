@@ -89,6 +89,17 @@ class TableData(FederatedData):
         return (self.train if split == "train" else self.held_out)[index]
 
 
+def embedded_columns(data: Any) -> list[tuple[int, int]]:
+    """A table's index columns as (position in the encoded row, vocabulary size), for the
+    model's embeddings; none for any other dataset."""
+    out, position = [], 0
+    for col in getattr(data, "schema", {}).get("columns", []):
+        if col["kind"] == "index":
+            out.append((position, len(col["categories"])))
+        position += len(col["categories"]) if col["kind"] == "categorical" else 1
+    return out
+
+
 def schema_sha256(schema: dict[str, Any]) -> str:
     """The SHA-256 of a schema's canonical JSON (sorted keys, no spaces)."""
     return hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -284,11 +295,16 @@ def _drop_missing(data: Any, table: _Table, used: list[str]) -> list[int]:
     return keep
 
 
-def _infer_columns(table: _Table, features: list[str], rows: list[int]) -> list[dict[str, Any]]:
-    """Each feature column's kind (numeric when every value is a number) and vocabulary."""
+def _infer_columns(table: _Table, features: list[str], rows: list[int],
+                   indexed: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each feature column's kind (an index when `data.index_columns` names it, else numeric
+    when every value is a number, else categorical) and vocabulary."""
     out = []
     for name in features:
         cells = [table.cells[name][i] for i in rows]
+        if name in (indexed or ()):
+            out.append({"name": name, "kind": "index", "categories": _ordered(set(cells))})  # type: ignore[arg-type]
+            continue
         if _numbers(cells) is not None:
             out.append({"name": name, "kind": "numeric"})
             continue
@@ -377,12 +393,16 @@ def _standardized(values: np.ndarray) -> np.ndarray:
 
 def encode_client(table: _Table, rows: list[int], columns: list[dict[str, Any]]) -> np.ndarray:
     """One client's rows as a float matrix: numeric features standardized by this client's
-    own statistics, categorical features one-hot over the shared vocabulary."""
+    own statistics, categorical features one-hot over the shared vocabulary, index features
+    as their position in it (one column each, which the model embeds)."""
     parts = []
     for col in columns:
         cells = [table.cells[col["name"]][i] for i in rows]
         if col["kind"] == "numeric":
             parts.append(_standardized(np.asarray([float(c) for c in cells], dtype=np.float64))[:, None])  # type: ignore[arg-type]
+        elif col["kind"] == "index":
+            index = {v: k for k, v in enumerate(col["categories"])}
+            parts.append(np.asarray([index[c] for c in cells], dtype=np.float64)[:, None])
         else:
             index = {v: k for k, v in enumerate(col["categories"])}
             onehot = np.zeros((len(rows), len(index)))
@@ -401,7 +421,7 @@ def _configured_columns(data: Any) -> list[dict[str, Any]]:
 
 
 def _shape(columns: list[dict[str, Any]], labels: list[str] | None) -> tuple[Kind, int, tuple[int, ...]]:
-    width = sum(1 if c["kind"] == "numeric" else len(c["categories"]) for c in columns)
+    width = sum(len(c["categories"]) if c["kind"] == "categorical" else 1 for c in columns)
     return ("regression", 1, (width,)) if labels is None else ("classification", len(labels), (width,))
 
 
@@ -446,7 +466,8 @@ def federated_table(data: Any, fed: Any, owner_file: str | None = None, owner: s
     features = _columns(data, table, owner)
     has_owner_column = data.client_column in table.cells
     rows = _drop_missing(data, table, [*([data.client_column] if has_owner_column else []), data.label_column, *features])
-    columns = _configured_columns(data) if data.columns is not None else _infer_columns(table, features, rows)
+    columns = _configured_columns(data) if data.columns is not None else _infer_columns(table, features, rows,
+                                                                                        data.index_columns)
     _check_columns(table, columns, rows, data.columns is not None)
     labels, targets = _labels(data, table, rows)
     owners: dict[str, list[int]] = {}

@@ -19,7 +19,7 @@ from fedmeta.build import ModelFactory, learner_for, network_for
 from fedmeta.config import Config
 from fedmeta.config.sections import PROCEDURES
 from fedmeta.data.federated import FederatedData, check_data, make_federated
-from fedmeta.data.table import TableData, schema_sha256, with_schema
+from fedmeta.data.table import TableData, embedded_columns, schema_sha256, with_schema
 from fedmeta.device import to_cpu
 from fedmeta.errors import BadInput, ConfigError, qualified_name, shown
 from fedmeta.federated.aggregation import check_robust
@@ -93,7 +93,7 @@ class ClientSide:
         check_procedure(cfg, procedure)
         if data is None:
             data = make_federated(cfg, torch.Generator().manual_seed(cfg.run.seed))
-        model = network_for(cfg, data.x_shape, data.n_outputs, model)
+        model = network_for(cfg, data.x_shape, data.n_outputs, model, embeddings=embedded_columns(data))
         fedmeta = cfg.federated.clients.procedure == "fedmeta"
         learner = learner_for(cfg, model, data.kind, None if fedmeta else "maml")
         training = Training.from_config(cfg, model, data.kind, learner, data.train)
