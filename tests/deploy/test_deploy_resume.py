@@ -1,7 +1,8 @@
-"""A deployment resumed from the server's checkpoint on a new Flower run (a restarted
-superlink: every node's Flower context starts empty) resumes the clients' top-k residuals
-from their own disks (`--state-dir`), and so ends with the parameters of the in-process
-run resumed at the same round; without it the residuals restart at zero."""
+"""Restarts in a deployment. A run resumed from the server's checkpoint on a new Flower run
+(a restarted superlink: every node's Flower context starts empty) resumes the clients'
+top-k residuals from their own disks (`--state-dir`), and so ends with the parameters of
+the in-process run resumed at the same round; without it the residuals restart at zero.
+A supernode restarted mid-run (a new node id) rejoins as its client."""
 
 from __future__ import annotations
 
@@ -102,3 +103,38 @@ def test_the_supernode_command_carries_its_state_folder(tmp_path, capsys):
     assert main(["deploy", "supernode", "--superlink", "127.0.0.1:9100", "--partition-id", "0", "--num-partitions", "3",
                  "--insecure", "--state-dir", str(tmp_path / "absent"), "--print"]) == 2
     assert "--state-dir" in capsys.readouterr().err
+
+
+def restart(grid, old: int, new: int) -> None:
+    """Supernode `old` restarts: it comes back as node `new`, same node config, empty state."""
+    from flwr.app import Context, RecordDict
+
+    mine = grid.contexts.pop(old).node_config
+    grid.contexts[new] = Context(run_id=1, node_id=new, state=RecordDict(), run_config={}, node_config=mine)
+
+
+def test_a_restarted_supernode_rejoins_the_run_as_its_client(config, grid_factory, deployed, tmp_path):
+    """Between rounds 1 and 2 supernode 101 (client 1) restarts under a new node id: it is
+    asked once which client it is and serves client 1 from round 2 on, so the run ends with
+    the in-process run's parameters; a newcomer claiming a client whose node is still
+    connected is refused and asked again later."""
+    cfg = config(rounds=3, clients_per_round=3)
+    local = run_federated(cfg, RunDir.create(tmp_path / "local", cfg), show_progress=False)
+    grid = grid_factory(3)
+    runtime = deployed(cfg, grid, min_nodes=3, wait=1)
+    round_ = runtime.run_round
+    runtime.run_round = lambda: (restart(grid, 101, 201) if runtime.round == 1 else None, round_())[1]
+    run = RunDir.create(tmp_path / "flower", cfg)
+    remote = run_federated(cfg, run, show_progress=False, runtime=runtime)
+    assert runtime.transport.nodes == {0: 100, 1: 201, 2: 102}
+    trains = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert {m.metadata.dst_node_id for m in trains if m.metadata.group_id.startswith("1.")} == {100, 101, 102}
+    assert {m.metadata.dst_node_id for m in trains if m.metadata.group_id.startswith("2.")} == {100, 201, 102}
+    a = torch.load(tmp_path / "local" / "model.pt", weights_only=True)
+    b = torch.load(run.path / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a) and remote["final"] == local["final"]
+    # a second node claiming client 0 while node 100 is connected: refused, asked again next time
+    grid.contexts[300] = type(grid.contexts[100])(run_id=1, node_id=300, state=grid.contexts[100].state,
+                                                  run_config={}, node_config=grid.contexts[100].node_config)
+    runtime.transport.rejoin()
+    assert runtime.transport.nodes[0] == 100 and 300 not in runtime.transport.known

@@ -39,6 +39,9 @@ from fedmeta.privacy.secagg.protocol import SecAggAbort, SecAggConfig, SecAggSer
 log = logging.getLogger("fedmeta.deploy")
 
 
+HELD = "held: "  # a refusal because a live node holds the client: the newcomer is asked again later
+
+
 class FlowerTransport:
     """The runtime's transport over a Flower `Grid`: each sampled client with a supernode gets
     ONE `train` message (global parameters + round header) and sends ONE reply (its update
@@ -58,26 +61,62 @@ class FlowerTransport:
         self.owners: dict[str, dict[str, Any]] = {}  # owner name -> its schema's SHA-256 and rows (the ledger's)
         self.nodes = self.register(min_nodes, wait)  # client id -> node id
 
-    def join(self, node: int, body: dict[str, Any], nodes: dict[int, int]) -> str | None:
-        """Admit a supernode's answer to the query; the reason when it is refused."""
+    def join(self, node: int, body: dict[str, Any], nodes: dict[int, int], alive: set[int] | None = None) -> str | None:
+        """Admit a supernode's answer to the query; the reason when it is refused. `alive`
+        (the nodes connected now, when a node joins mid-run): a client or owner whose node
+        is no longer among them passes to the new node (a supernode restarted)."""
         cid = int(body["client"])
+        gone = (lambda n: n not in alive) if alive is not None else (lambda n: False)  # noqa: E731
         if "split" in body:  # an owner of its own table rows
             split, index = str(body["split"]), int(body["index"])
             expected = schema_sha256(self.schema) if self.schema is not None else None
             if body["schema_sha256"] != expected:
                 return f"its rows were read with another schema (sha256 {body['schema_sha256']}, the run's {expected})"
-            if index in self.evaluators[split]:
-                return f"supernode {self.evaluators[split][index]} already holds this owner ({split} {index})"
+            if index in self.evaluators[split] and not gone(self.evaluators[split][index]):
+                return f"{HELD}supernode {self.evaluators[split][index]} already holds this owner ({split} {index})"
             self.evaluators[split][index] = node
             if self.data is not None:
                 name = self.data.client_at(split, index).name
                 self.owners[name] = {"schema_sha256": str(body["schema_sha256"]), "rows": int(body["rows"])}
             if cid < 0:
                 return None
-        if cid in nodes:
+        if cid in nodes and not gone(nodes[cid]):
+            if alive is not None:
+                return f"{HELD}supernode {nodes[cid]} already holds client {cid} (partition-id)"
             raise FedmetaError(f"supernodes {nodes[cid]} and {node} both hold client {cid} (partition-id)")
         nodes[cid] = node
         return None
+
+    def query(self, ids: list[int], timeout: float, nodes: dict[int, int], alive: set[int] | None = None) -> dict[int, str]:
+        """Ask each of `ids` which client it is and admit the answers into `nodes`; the
+        refused nodes with the reason."""
+        header = ConfigRecord({"config": self.toml})
+        asks = [Message(RecordDict({HEADER: header}), dst_node_id=n, message_type=QUERY) for n in ids]
+        refused: dict[int, str] = {}
+        received = self.grid.send_and_receive(asks, timeout=timeout)
+        by_message = {m.metadata.message_id: m.metadata.dst_node_id for m in asks if m.metadata.message_id}
+        for reply in received:
+            node = by_message.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error():
+                refused[node] = reply.error.reason
+                log.warning("supernode %d refused to join: %s", node, reply.error.reason)
+                continue
+            if (why := self.join(node, dict(reply.content[HEADER]), nodes, alive)) is not None:
+                refused[node] = why
+                log.warning("supernode %d refused: %s", node, why)
+        return refused
+
+    def rejoin(self) -> None:
+        """Before a round: a supernode that connected since (a restarted one has a new node
+        id) is asked which client it is, once, and takes over that client from its gone node."""
+        alive = set(self.grid.get_node_ids())
+        new = sorted(alive - self.known)
+        if not new:
+            return
+        refused = self.query(new, self.deadline, self.nodes, alive)
+        # asked again next round: the node it would replace may not have timed out yet
+        self.known |= {n for n in new if not refused.get(n, "").startswith(HELD)}
+        log.info("clients on supernodes: %s", dict(sorted(self.nodes.items())))
 
     def register(self, min_nodes: int, wait: float) -> dict[int, int]:
         """Wait for `min_nodes` supernodes, then ask each which client it is (one exchange);
@@ -87,21 +126,9 @@ class FlowerTransport:
             if time.monotonic() > stop:
                 raise FedmetaError(f"{len(ids)} of {min_nodes} supernodes connected after {wait:.0f} s")
             time.sleep(1.0)
-        header = ConfigRecord({"config": self.toml})
-        asks = [Message(RecordDict({HEADER: header}), dst_node_id=n, message_type=QUERY) for n in ids]
         nodes: dict[int, int] = {}
-        refused: dict[int, str] = {}
-        received = self.grid.send_and_receive(asks, timeout=wait)
-        by_message = {m.metadata.message_id: m.metadata.dst_node_id for m in asks if m.metadata.message_id}
-        for reply in received:
-            node = by_message.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if reply.has_error():
-                refused[node] = reply.error.reason
-                log.warning("supernode %d refused to join: %s", node, reply.error.reason)
-                continue
-            if (why := self.join(node, dict(reply.content[HEADER]), nodes)) is not None:
-                refused[node] = why
-                log.warning("supernode %d refused: %s", node, why)
+        refused = self.query(ids, wait, nodes)
+        self.known = set(ids)  # every node asked once; a node id new later joins mid-run (`rejoin`)
         if not nodes:  # nothing to train with: say why, rather than fail every round
             why = "; ".join(f"supernode {n}: {r}" for n, r in sorted(refused.items())) or f"no answer in {wait:.0f} s"
             raise FedmetaError(f"no supernode joined the run ({len(ids)} asked): {why}")
@@ -109,6 +136,7 @@ class FlowerTransport:
         return nodes
 
     def exchange(self, round_: int, attempt: int, sampled: list[int], b: Broadcast) -> Replies:
+        self.rejoin()
         out = Replies(sampled, attempt, dropped={c: "no supernode holds this client" for c in sampled if c not in self.nodes})
         clients = [c for c in sampled if c in self.nodes]
         asks = {c: train_request(self.toml, b, round_, attempt, c, self.run_key) for c in clients}
@@ -121,6 +149,7 @@ class FlowerTransport:
     def evaluate(self, split: str, params: Params) -> dict[str, torch.Tensor]:
         """The owners' own personalization figures (metric -> one value per owner, in index
         order): each evaluates on its rows, only its figures come back."""
+        self.rejoin()
         nodes = {i: n for i, n in self.evaluators[split].items() if i < MAX_TRAIN_CLIENTS}
         header = ConfigRecord({"config": self.toml, "split": split})
         asks = {i: RecordDict({HEADER: header, PARAMS: ArrayRecord(torch_state_dict=params)}) for i in sorted(nodes)}
