@@ -6,6 +6,7 @@ A supernode restarted mid-run (a new node id) rejoins as its client."""
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -15,6 +16,7 @@ from fedmeta.cli import main
 from fedmeta.deploy.client_state import KEEP, ClientStateStore
 from fedmeta.errors import ConfigError
 from fedmeta.federated.driver import run_federated
+from fedmeta.ledger import Ledger, verify_ledger
 from fedmeta.rundir import RunDir
 
 pytestmark = pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning")
@@ -24,6 +26,11 @@ STOP_AT = 3  # the superlink dies when round 3 is sent: rounds 1-2 are checkpoin
 
 class Killed(Exception):
     """The superlink's process ending mid-run."""
+
+
+def ledger_entries(run_dir) -> list[dict]:
+    with Ledger.open(run_dir) as ledger:
+        return [json.loads(body) for _, body, _ in ledger.entries()]
 
 
 def deployed_run(config_, grid_factory, deployed, tmp_path, state_dir):
@@ -71,8 +78,15 @@ def in_process_resumed(cfg, tmp_path):
 
 def test_a_resumed_deployment_keeps_the_clients_top_k_residuals(config, grid_factory, deployed, tmp_path):
     cfg = config(rounds=5, compression="topk", topk_fraction=0.1, clients_per_round=3)
+    cfg = cfg.model_validate({**cfg.model_dump(exclude_none=True),
+                              "ledger": {"enabled": True, "server_key": str(tmp_path / "server.pem")}})
     local = in_process_resumed(cfg, tmp_path)
     kept = deployed_run(cfg, grid_factory, deployed, tmp_path / "kept", tmp_path / "states")
+    summary = json.loads((tmp_path / "kept" / "flower" / "summary.json").read_text())
+    assert summary["ledger"]["verified"] and summary["rounds"] == 5
+    verify_ledger(tmp_path / "kept" / "flower")  # one ledger across the restart, every round once
+    rounds = [e for e in ledger_entries(tmp_path / "kept" / "flower") if e["type"] == "round"]
+    assert [e["round"] for e in rounds] == [1, 2, 3, 4, 5]
     assert local.keys() == kept.keys() and all(torch.equal(local[k], kept[k]) for k in local)  # bit for bit
     lost = deployed_run(cfg, grid_factory, deployed, tmp_path / "lost", None)
     assert not all(torch.allclose(local[k], lost[k], rtol=0, atol=1e-6) for k in local)  # the test can fail
