@@ -33,7 +33,7 @@ from fedmeta.deploy.secagg import MASKED_INPUT, PAYLOAD, PROTOCOL, SHARE_KEYS, U
 from fedmeta.errors import ConfigError
 from fedmeta.federated.client_steps import ClientStep, Upload
 from fedmeta.federated.client_steps import Context as StepContext
-from fedmeta.federated.evaluation import client_figures
+from fedmeta.federated.evaluation import client_figures, episodes
 from fedmeta.federated.runtime import ClientSide
 from fedmeta.federated.sampling import CLIENT, generator
 from fedmeta.federated.transport import Reply
@@ -208,8 +208,8 @@ class ClientHandlers:
         mine = side.data.client_at(*owner)
         params = msg.content[PARAMS].to_torch_state_dict()
         use_threads(cfg, side.training.batching)
-        per = client_figures(side.learner, params, [mine], [owner[1]], seed=cfg.run.seed,
-                             inner_steps=cfg.meta.eval_inner_steps, split=split)
+        batch = episodes([mine], [owner[1]], seed=cfg.run.seed, split=split)
+        per = client_figures(side.learner, params, batch, cfg.meta.eval_inner_steps)
         figures = ConfigRecord({k: float(v[0]) for k, v in per.items()})
         return Message(RecordDict({HEADER: ConfigRecord({"split": split, "index": owner[1]}), FIGURES: figures}),
                        reply_to=msg)

@@ -36,10 +36,9 @@ def episodes(clients: list, indices: list[int], *, seed: int, split: str) -> Tas
     return TaskBatch(*(torch.cat([getattr(e, f) for e in eps]) for f in ("xs", "ys", "xq", "yq")))
 
 
-def client_figures(learner: MetaLearner, params: Params, clients: list, indices: list[int], *, seed: int,
-                   inner_steps: int, split: str) -> dict[str, torch.Tensor]:
-    """Each client's figures (metric -> one value per client) on its evaluation episode."""
-    batch = episodes(clients, indices, seed=seed, split=split)
+def client_figures(learner: MetaLearner, params: Params, batch: TaskBatch, inner_steps: int) -> dict[str, torch.Tensor]:
+    """Each client's figures (metric -> one value per client) on its evaluation episode
+    (`episodes`: one task per client)."""
     device = device_of(learner.model)
     return to_cpu(learner.evaluate(to_device(params, device), batch_to(batch, device), inner_steps, per_task=True))
 
@@ -89,11 +88,9 @@ def personalization(learner: MetaLearner, params: Params, data: FederatedData, *
     """The held-out clients' (`split="test"`) or the first training clients' figures, on
     the same episodes every time, with the pooled `metrics` (`meta.eval_metrics`)."""
     clients = evaluation_clients(data, split)
-    per = client_figures(learner, params, clients, list(range(len(clients))), seed=seed, inner_steps=inner_steps,
-                         split=split)
-    row = summarize(per, split)
+    batch = episodes(clients, list(range(len(clients))), seed=seed, split=split)  # drawn once for all figures
+    row = summarize(client_figures(learner, params, batch, inner_steps), split)
     if metrics:
-        batch = episodes(clients, list(range(len(clients))), seed=seed, split=split)
         pooled = pooled_figures(learner, params, batch, inner_steps, metrics)
         row = {**{k: v for k, v in row.items() if k != "per_client"}, **pooled, "per_client": row["per_client"]}
     return row
