@@ -3,6 +3,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import Config, sectioned
+from fedmeta.deploy import ckks
 from fedmeta.deploy.clientapp import ClientHandlers
 from fedmeta.deploy.messages import EVALUATE, QUERY, TRAIN
 from fedmeta.deploy.secagg import MASKED_INPUT, SHARE_KEYS, UNMASK
@@ -54,7 +55,8 @@ class LoopbackGrid:
     def send_and_receive(self, messages, *, timeout=None):
         c = self.client
         handlers = {TRAIN: c.train, QUERY: c.query, EVALUATE: c.evaluate,
-                    **dict.fromkeys((SHARE_KEYS, MASKED_INPUT, UNMASK), c.secagg)}
+                    **dict.fromkeys((SHARE_KEYS, MASKED_INPUT, UNMASK), c.secagg),
+                    **dict.fromkeys((ckks.ENCRYPT, ckks.DECRYPT), c.ckks), ckks.DEAL: c.deal}
         out = []
         for m in messages:
             self.sent.append(m)
@@ -117,3 +119,28 @@ def client_keys():
         return registered
 
     return make
+
+
+@pytest.fixture
+def plaintext_updates():
+    """`recompute(grid, round_=1)`: each sampled client's update, weight and report of that
+    round, recomputed in the clear from the train messages the server sent."""
+    from fedmeta.deploy.clientapp import client_update
+    from fedmeta.deploy.messages import HEADER, PARAMS, read_reply
+    from fedmeta.federated.wire import decode
+
+    def recompute(grid, round_=1):
+        """Each sampled client's update, weight and report, recomputed in the clear from the
+        train messages the server sent (the same inputs; no secure aggregation)."""
+        out = {}
+        for m in grid.sent:
+            if m.metadata.message_type != TRAIN or int(m.content[HEADER]["round"]) != round_:
+                continue
+            header = dict(m.content[HEADER])
+            node_config = grid.contexts[m.metadata.dst_node_id].node_config
+            reply = client_update(header, m.content[PARAMS].to_torch_state_dict(), dict(node_config), RecordDict())
+            cid, got = read_reply(reply)
+            out[cid] = (decode(got.data), got.weight, got.report)
+        return out
+
+    return recompute

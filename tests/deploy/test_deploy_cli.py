@@ -9,10 +9,11 @@ import pytest
 from fedmeta.cli import main
 
 
-def test_ckks_is_refused_before_anything_starts(tmp_path, capsys):
-    code = main(["deploy", "local", "--set", "privacy.secure_aggregation='ckks'", "--out", str(tmp_path / "r")])
+def test_a_simulated_attack_is_refused_before_anything_starts(tmp_path, capsys):
+    code = main(["deploy", "local", "--set", "federated.attack.name='sign_flip'", "--set", "federated.attack.fraction=0.2",
+                 "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "privacy.secure_aggregation" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "federated.attack.name" in err
     assert not (tmp_path / "r").exists()
 
 

@@ -60,6 +60,24 @@ def test_loopback_deployment_with_secagg_plus_equals_the_in_process_run(config, 
     assert [m["epsilon"] for m in rounds] == [m["epsilon"] for m in local.metrics() if m["split"] == "test" and m["round"] > 0]
 
 
+@pytest.mark.slow
+def test_loopback_deployment_with_ckks_equals_the_in_process_run(config, tmp_path, monkeypatch):
+    """Keys dealt by client 0 through the superlink, three exchanges per round between real
+    processes; the in-process CKKS run gives the same model (to CKKS precision)."""
+    monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
+    cfg = config(privacy={"dp": "central", "noise_multiplier": 0.5, "clip_norm": 0.5, "noise_seed": 7,
+                          "secure_aggregation": "ckks"}, rounds=2, clients_per_round=3)
+    (tmp_path / "cfg.toml").write_text(cfg.to_toml())
+    assert main(["run", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+    assert main(["deploy", "local", str(tmp_path / "cfg.toml"), "--clients", "3", "--out", str(tmp_path / "flower")]) == 0
+    local, flower = RunDir(tmp_path / "local"), RunDir(tmp_path / "flower")
+    a, b = torch.load(local.path / "model.pt"), torch.load(flower.path / "model.pt")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    rounds = [m for m in flower.metrics() if m["split"] == "test" and m["round"] > 0]
+    assert [m["he_included"] for m in rounds] == [3, 3] and all(len(m["he_exchange_seconds"]) == 3 for m in rounds)
+    assert [m["epsilon"] for m in rounds] == [m["epsilon"] for m in local.metrics() if m["split"] == "test" and m["round"] > 0]
+
+
 def certificates(folder):
     """A throwaway CA and a superlink certificate for 127.0.0.1 signed by it (PEM files)."""
     import datetime

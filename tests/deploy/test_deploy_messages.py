@@ -97,7 +97,7 @@ def test_a_client_missing_from_the_federation_is_dropped(config, grid_factory, d
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("privacy.secure_aggregation", "ckks"), ("federated.attack.name", "sign_flip"),
+    ("federated.attack.name", "sign_flip"),
     ("federated.clients.dropout_rate", 0.1), ("federated.clients.straggler_rate", 0.1)])
 def test_unsupported_options_are_config_errors(config, field, value):
     *path, key = field.split(".")

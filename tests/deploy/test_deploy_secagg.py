@@ -6,36 +6,19 @@ masking; below threshold the round aborts; the node's secrets never reach the se
 import numpy as np
 import pytest
 import torch
-from flwr.app import RecordDict
 
-from fedmeta.deploy.clientapp import client_update
-from fedmeta.deploy.messages import HEADER, PARAMS, TRAIN, read_reply
+from fedmeta.deploy.messages import TRAIN
 from fedmeta.deploy.secagg import MASKED_INPUT, SECAGG, SHARE_KEYS, UNMASK
 from fedmeta.errors import FedmetaError
 from fedmeta.federated.aggregation import build_aggregation
 from fedmeta.federated.dp_fedavg import ClientLevelDP
-from fedmeta.federated.wire import decode
-
-
-def plaintext_updates(grid, round_=1):
-    """Each sampled client's update, weight and report, recomputed in the clear from the
-    train messages the server sent (the same inputs; no secure aggregation)."""
-    out = {}
-    for m in grid.sent:
-        if m.metadata.message_type != TRAIN or int(m.content[HEADER]["round"]) != round_:
-            continue
-        header = dict(m.content[HEADER])
-        node_config = grid.contexts[m.metadata.dst_node_id].node_config
-        reply = client_update(header, m.content[PARAMS].to_torch_state_dict(), dict(node_config), RecordDict())
-        cid, got = read_reply(reply)
-        out[cid] = (decode(got.data), got.weight, got.report)
-    return out
 
 
 @pytest.mark.parametrize("scheme", ["secagg", "secagg+"])
 @pytest.mark.parametrize(("silent", "included"), [({}, {0, 1, 2, 3}), ({UNMASK: {1}}, {0, 1, 2, 3}),
                                                   ({MASKED_INPUT: {1}}, {0, 2, 3})])
-def test_secure_aggregate_is_the_weighted_mean(config, grid_factory, deployed, scheme, silent, included):
+def test_secure_aggregate_is_the_weighted_mean(config, grid_factory, deployed, plaintext_updates, scheme, silent,
+                                               included):
     """Client 1 silent from unmask on (after masking: its input stays in the sum) or from
     masked_input on (before: its pairwise masks are removed from the others' inputs)."""
     cfg = config("sinusoid", n_clients=4, clients_per_round=4, min_clients=2, strategy="fedavg", server_lr=1.0,
@@ -60,7 +43,8 @@ def test_secure_aggregate_is_the_weighted_mean(config, grid_factory, deployed, s
 
 
 @pytest.mark.filterwarnings("ignore::fedmeta.privacy.noise.InsecureNoiseWarning")
-def test_central_dp_with_adaptive_clipping_matches_the_in_process_aggregation(config, grid_factory, deployed):
+def test_central_dp_with_adaptive_clipping_matches_the_in_process_aggregation(config, grid_factory, deployed,
+                                                                             plaintext_updates):
     """DP-FedAvg: unit weights, the clip count summed as one more masked coordinate, central
     noise and the clip-norm step on the server, exactly as the in-process aggregation does."""
     privacy = {"dp": "central", "noise_multiplier": 0.3, "clip_norm": 0.05, "clipping": "adaptive",

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmeta.config import Config, load_config
-from fedmeta.deploy import secagg
+from fedmeta.deploy import ckks, secagg
 from fedmeta.deploy.client_state import ClientStateStore
 from fedmeta.deploy.messages import (
     FIGURES,
@@ -119,14 +119,18 @@ def client_key_path(cfg: Config, node_config: dict[str, Any], cid: int) -> Path 
 
 def client_update(header: dict[str, Any], params: Params, node_config: dict[str, Any], state: RecordDict,
                   protocol: dict[str, Any] | None = None, steps: dict[str, ClientStep] | None = None,
-                  procedure: Any = None) -> RecordDict:
+                  procedure: Any = None, encrypted: RecordDict | None = None) -> RecordDict:
     """One client's round: local procedure → the client steps (privatize, compress, sign).
     `state` is the node's Flower context state, which keeps the steps' state between rounds.
     With `protocol` (secure aggregation's public parameters) the update stays on the node
-    and the reply carries the client's AdvertiseKeys instead (secagg.py)."""
+    and the reply carries the client's AdvertiseKeys instead (secagg.py). With `encrypted`
+    (a CKKS round's records: the round, and a deal to install first) it stays on the node
+    and the reply carries its weight only (ckks.py)."""
     cfg, side, cid = client_side(str(header["config"]), node_config, steps, procedure)
     if int(header["client"]) != cid:
         raise ConfigError("partition-id", cid, f"the client the server addressed ({header['client']})")
+    if encrypted is not None and ckks.INSTALL in encrypted:
+        ckks.install(state, cfg, cid, encrypted[ckks.INSTALL])
     r, attempt = int(header["round"]), int(header["attempt"])
     use_threads(cfg, side.training.batching)  # the in-process rule: same thread count, same float rounding
     gen, seed = generator(cfg.run.seed, r, attempt, CLIENT + cid), cfg.privacy.noise_seed
@@ -135,7 +139,7 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
         raise delta
     key = client_key_path(cfg, node_config, cid)
     pipeline = side.pipeline(cfg, lambda _: key)
-    if protocol is not None:  # the masked input is signed instead, in its own phase
+    if protocol is not None or encrypted is not None:  # the masked or encrypted input is signed instead
         pipeline = pipeline.without("sign")
     store = node_config.get("state-dir")
     store = store and ClientStateStore(str(store), str(header.get("run_key", "")), cid)
@@ -152,10 +156,14 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
     if store:
         store.save(r, attempt, {n: v for n, v in states.items() if isinstance(v, dict)})
     weight = float(getattr(side.data.train[cid], "n_examples", 1))
-    if protocol is not None:
+    if protocol is not None or encrypted is not None:
         update = check_update(str(cid), upload.data, params)  # the client's own check: nobody else sees Δ
         row = update if side.client_dp is None else side.client_dp.row(update, upload.report)
-        advert = secagg.start(state, protocol, cid, row, {"round": r, "attempt": attempt, "key": str(key or "")})
+        keep = {"round": r, "attempt": attempt, "key": str(key or "")}
+        if encrypted is not None:
+            ckks.keep(state, str(encrypted[ckks.CKKS]["tag"]), row, {**keep, "client": cid})
+            return train_reply(cid, Reply(b"", weight))
+        advert = secagg.start(state, protocol, cid, row, keep)
         return train_reply(cid, Reply(advert, weight))
     return train_reply(cid, Reply(upload.data, weight, upload.report, upload.signed))
 
@@ -170,8 +178,9 @@ class ClientHandlers:
     def train(self, msg: Message, context: Context) -> Message:
         params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
         protocol = dict(msg.content[PROTOCOL]) if PROTOCOL in msg.content else None
+        encrypted = msg.content if ckks.CKKS in msg.content else None
         reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state, protocol,
-                              self.steps, self.procedure)
+                              self.steps, self.procedure, encrypted)
         return Message(reply, reply_to=msg)
 
     def secagg(self, msg: Message, context: Context) -> Message:
@@ -184,12 +193,37 @@ class ClientHandlers:
             signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data, int(mine["attempt"]))
         return Message(train_reply(int(mine["client"]), Reply(data, 0.0, 0.0, signed)), reply_to=msg)
 
+    def ckks(self, msg: Message, context: Context) -> Message:
+        """A CKKS round's later steps on the node: encrypt the kept summand (signed like an
+        update), or decrypt the sum."""
+        header, todo = dict(msg.content[ckks.CKKS]), context.state.get(ckks.TODO)
+        if todo is None:
+            raise ConfigError("message", msg.metadata.message_type, "a CKKS step after this node's train reply")
+        cid, signed = int(todo["client"]), None
+        if msg.metadata.message_type == ckks.DECRYPT:
+            return Message(train_reply(cid, Reply(ckks.decrypt(context.state, header), 0.0)), reply_to=msg)
+        data = ckks.encrypt(context.state, header)
+        if (run_id := str(header.get("run_id", ""))) and str(todo["key"]):
+            key = load_private_key(Path(str(todo["key"])))
+            signed = sign_update(key, run_id, int(todo["round"]), str(cid), data, int(todo["attempt"]))
+        return Message(train_reply(cid, Reply(data, 0.0, 0.0, signed)), reply_to=msg)
+
+    def deal(self, msg: Message, context: Context) -> Message:
+        """Deal the run's CKKS keys to the clients whose public keys came with the message."""
+        cfg, _, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps,
+                                  self.procedure)
+        key = client_key_path(cfg, dict(context.node_config), cid)
+        return Message(ckks.deal(cfg, cid, ckks.read_adverts(msg.content[ckks.CKKS]), key), reply_to=msg)
+
     def query(self, msg: Message, context: Context) -> Message:
         """Which client this is; an owner of its own table also says where it evaluates, and
-        the SHA-256 of the schema its rows were read with, and how many rows it holds."""
-        _, side, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps,
-                                   self.procedure)
+        the SHA-256 of the schema its rows were read with, and how many rows it holds. In a
+        CKKS run a training client also sends its key-exchange key (ckks.py)."""
+        cfg, side, cid = client_side(str(msg.content[HEADER]["config"]), dict(context.node_config), self.steps,
+                                     self.procedure)
         body: dict[str, Any] = {"client": cid}
+        if cfg.privacy.secure_aggregation == "ckks" and cid >= 0:
+            body.update(ckks.advertise(context.state, cid, client_key_path(cfg, dict(context.node_config), cid)))
         if (owner := getattr(side.data, "owner", None)) is not None:
             from fedmeta.data.table import schema_sha256
 
@@ -223,7 +257,10 @@ def make_client_app(steps: dict[str, ClientStep] | None = None, procedure: Any =
     app.train()(handlers.train)
     for kind in (SHARE_KEYS, MASKED_INPUT, UNMASK):
         app.train(kind.split(".")[1])(handlers.secagg)
+    for kind in (ckks.ENCRYPT, ckks.DECRYPT):
+        app.train(kind.split(".")[1])(handlers.ckks)
     app.query()(handlers.query)
+    app.query(ckks.DEAL.split(".")[1])(handlers.deal)
     app.evaluate()(handlers.evaluate)
     return app
 

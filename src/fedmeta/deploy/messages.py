@@ -30,12 +30,9 @@ STEP_STATE = "fedmeta.step."  # + a client step's name: its state (e.g. the top-
 
 def check_deployable(cfg: Config) -> None:
     """Raise ConfigError for the options this runtime does not carry over the wire."""
-    fed, dp = cfg.federated, cfg.privacy
+    fed = cfg.federated
     if fed is None:
         raise ConfigError("federated", None, "a [federated] section (deployment runs are federated)")
-    if dp.secure_aggregation == "ckks":
-        raise ConfigError("privacy.secure_aggregation", dp.secure_aggregation,
-                          "'off', 'secagg' or 'secagg+' with fedmeta deploy (CKKS sums are not carried over Flower yet)")
     if fed.attack.name != "none":
         raise ConfigError("federated.attack.name", fed.attack.name, "'none' with fedmeta deploy (attacks are simulated in-process only)")
     for name in ("dropout_rate", "straggler_rate"):

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 
 from fedmeta.config import Config
 from fedmeta.data.table import configured_schema, schema_sha256
-from fedmeta.deploy import secagg
+from fedmeta.deploy import ckks, secagg
 from fedmeta.deploy.messages import (
     EVALUATE,
     FIGURES,
@@ -54,6 +54,9 @@ class FlowerTransport:
         self.grid, self.deadline, self.toml = grid, deadline, cfg.to_toml()
         self.run_key = ""  # the fedmeta run's id (the driver sets it): clients key their saved state by it
         self.neighbourhood = cfg.privacy.secure_aggregation
+        self.adverts: dict[int, tuple[bytes, bytes]] = {}  # CKKS: client -> its node's X25519 key, signature
+        self.deal: ckks.Deal | None = None  # CKKS: the clients' keys as dealt (None: deal before the next round)
+        self.installed: dict[int, bytes] = {}  # CKKS: client -> the deal (key id) its node installed
         self.signs = bool(cfg.ledger.participants)
         self.schema = configured_schema(cfg.data)
         self.data = data  # the runtime's clients: for a table whose rows stay with their owners, their names
@@ -85,6 +88,9 @@ class FlowerTransport:
                 return f"{HELD}supernode {nodes[cid]} already holds client {cid} (partition-id)"
             raise FedmetaError(f"supernodes {nodes[cid]} and {node} both hold client {cid} (partition-id)")
         nodes[cid] = node
+        if "kx" in body:  # a new node of a CKKS run: the keys are dealt again, to its key too
+            self.adverts[cid], self.deal = (bytes(body["kx"]), bytes(body["kx_signature"])), None
+            self.installed.pop(cid, None)
         return None
 
     def query(self, ids: list[int], timeout: float, nodes: dict[int, int], alive: set[int] | None = None) -> dict[int, str]:
@@ -142,6 +148,8 @@ class FlowerTransport:
         asks = {c: train_request(self.toml, b, round_, attempt, c, self.run_key) for c in clients}
         if self.neighbourhood in GRAPHS:
             return self.exchange_secure(round_, attempt, clients, asks, b, out)
+        if self.neighbourhood == "ckks":
+            return self.exchange_ckks(round_, attempt, clients, asks, b, out)
         for cid, content in self.send(TRAIN, asks, f"{round_}.{attempt}", out.dropped).items():
             out.replies[cid] = read_reply(content)[1]
         return out
@@ -193,6 +201,96 @@ class FlowerTransport:
             if c not in replies and c not in dropped:
                 dropped[c] = f"straggler: no {kind} reply before the round deadline"
         return replies
+
+    # -- CKKS: keys dealt by a client, three exchanges, the server adds ciphertexts -----------
+    def deal_keys(self) -> ckks.Deal:
+        """Ask the lowest client id that answers to deal the run's CKKS keys (ckks.py)."""
+        header = ConfigRecord({"config": self.toml})
+        adverts = ckks.adverts_record(self.adverts)
+        tried: dict[int, str] = {}
+        for dealer in sorted(c for c in self.adverts if c in self.nodes):
+            replies = self.send(ckks.DEAL, {dealer: RecordDict({HEADER: header, ckks.CKKS: adverts})}, "deal", tried)
+            if dealer in replies:
+                deal = ckks.Deal.read(replies[dealer])
+                for c, why in sorted(deal.refused.items()):
+                    log.warning("client %d gets no CKKS key: %s", c, why)
+                log.info("CKKS keys dealt by client %d to %d clients", dealer, len(deal.wraps))
+                self.installed = {}
+                return deal
+            log.warning("client %d did not deal the CKKS keys: %s", dealer, tried[dealer])
+        raise FedmetaError(f"no client dealt the CKKS keys ({'; '.join(f'client {c}: {w}' for c, w in tried.items())})")
+
+    def exchange_ckks(self, round_: int, attempt: int, clients: list[int], asks: dict[int, RecordDict],
+                      b: Broadcast, out: Replies) -> Replies:
+        """train (keys installed on the way; the update stays on the node) → encrypt → the
+        server adds the ciphertexts → one client of the round decrypts the sum."""
+        if self.deal is None:
+            self.deal = self.deal_keys()
+        deal, tag, group = self.deal, f"{round_}.{attempt}", f"{round_}.{attempt}"
+        out.summed = Summed(None, 0.0, frozenset())
+        template = secagg.in_order(b.aggregation.row(b.params, 0.0))
+        dim = sum(t.numel() for t in template.values()) + 1
+        costs = out.costs = {"he_bytes_up": 0, "he_key_bytes_down": 0, "he_exchange_seconds": [0.0] * 3}
+        for c in clients:
+            if c not in deal.wraps:
+                out.dropped[c] = f"no CKKS key: {deal.refused.get(c, 'not dealt to this client')}"
+                continue
+            asks[c][ckks.CKKS] = ConfigRecord({"tag": tag, "key_id": deal.key_id})
+            if self.installed.get(c) != deal.key_id:
+                asks[c][ckks.INSTALL] = deal.install_record(c)
+                costs["he_key_bytes_down"] += sum(len(v) for v in asks[c][ckks.INSTALL].values() if isinstance(v, bytes))
+        start = time.perf_counter()
+        weights = {c: read_reply(r)[1].weight
+                   for c, r in self.send(TRAIN, {c: a for c, a in asks.items() if c in deal.wraps}, group, out.dropped).items()}
+        self.installed.update(dict.fromkeys(weights, deal.key_id))
+        costs["he_exchange_seconds"][0] = round(time.perf_counter() - start, 3)
+        if len(weights) < 2:  # a sum of one would be that client's update
+            return self.ckks_abort(out, group, clients, f"{len(weights)} client(s) trained, a CKKS sum needs 2")
+        start = time.perf_counter()
+        scaled = dict(zip(weights, b.aggregation.weights(list(weights.values())), strict=True))
+        header = {"tag": tag, "key_id": deal.key_id, "clients": len(weights), "run_id": b.run_id}
+        encrypted = {c: read_reply(r)[1] for c, r in self.send(
+            ckks.ENCRYPT, {c: RecordDict({ckks.CKKS: ConfigRecord({**header, "weight": scaled[c]})}) for c in weights},
+            group, out.dropped).items()}
+        costs["he_exchange_seconds"][1] = round(time.perf_counter() - start, 3)
+        accepted = {}
+        for c, reply in encrypted.items():
+            out.replies[c] = reply
+            if (refusal := b.check_signature(c, reply.data, reply.signed)) is not None:  # dropped from the sum
+                out.refused[c] = refusal
+                continue
+            accepted[c] = reply.data
+        costs["he_bytes_up"] = sum(len(d) for d in accepted.values())
+        start = time.perf_counter()
+        aggregate, bad = ckks.add(deal.server_context, accepted, dim)
+        costs["he_server_seconds"] = round(time.perf_counter() - start, 4)
+        for c, why in bad.items():
+            out.dropped[c] = why
+            del accepted[c]
+        if len(accepted) < 2:
+            return self.ckks_abort(out, group, clients, f"{len(accepted)} encrypted update(s), a CKKS sum needs 2")
+        start = time.perf_counter()
+        total, asked = None, {}
+        for c in sorted(accepted):  # the first client of the sum that answers decrypts it
+            ask = RecordDict({ckks.CKKS: ConfigRecord({**header, "data": aggregate, "count": len(accepted)})})
+            reply = self.send(ckks.DECRYPT, {c: ask}, group, asked).get(c)
+            if reply is not None:
+                total = ckks.plaintext(read_reply(reply)[1].data, dim)
+                break
+            log.warning("round %s: client %d did not decrypt the CKKS sum: %s", group, c, asked[c])
+        costs["he_exchange_seconds"][2] = round(time.perf_counter() - start, 3)
+        if total is None:
+            return self.ckks_abort(out, group, clients, "no client of the sum decrypted it")
+        out.summed = Summed(unflatten(torch.from_numpy(total[:-1]), template), float(total[-1]), frozenset(accepted))
+        costs["he_included"] = len(accepted)
+        return out
+
+    @staticmethod
+    def ckks_abort(out: Replies, group: str, clients: list[int], why: str) -> Replies:
+        log.warning("round %s: CKKS sum aborted: %s", group, why)
+        for c in clients:
+            out.dropped.setdefault(c, f"CKKS sum aborted: {why}")
+        return out
 
     # -- secure aggregation: four exchanges, the server learns the sum only -------------------
     def exchange_secure(self, round_: int, attempt: int, clients: list[int], asks: dict[int, RecordDict],

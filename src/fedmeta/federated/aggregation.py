@@ -63,11 +63,15 @@ class SecAggSum:
 
 @dataclass
 class CKKSSum:
-    """(Σ w·row, Σ w) as CKKS ciphertexts the server adds without a key."""
+    """(Σ w·row, Σ w) as CKKS ciphertexts the server adds without a key. The clients' keys
+    are dealt at the first sum in-process; deployed, the clients deal them (`deploy/ckks.py`)
+    and this is never called."""
 
-    keys: KeySetup
+    keys: KeySetup | None = None
 
     def __call__(self, rows: list[Params], weights: list[float], clip: float) -> tuple[Params, float, dict[str, Any]]:
+        if self.keys is None:
+            self.keys = distribute_keys()
         total, weight, stats = encrypted_weighted_sum(rows, weights, self.keys.clients)
         return total, weight, he_costs(stats)
 
@@ -168,7 +172,7 @@ def build_aggregation(cfg: Config, client_dp: ClientLevelDP | None,
     kind = cfg.privacy.secure_aggregation
     inner: Sum | None = None
     if kind == "ckks":
-        inner = CKKSSum(distribute_keys())
+        inner = CKKSSum()
     elif kind != "off":
         inner = SecAggSum(kind)
     if client_dp is not None:

@@ -86,7 +86,7 @@ class CKKSKeys:
     @classmethod
     def from_secret_context(cls, data: bytes) -> CKKSKeys:
         """Keys received from the key-generating client."""
-        return cls(_load_context(data))
+        return cls(load_context(data))
 
     def secret_context_bytes(self) -> bytes:
         """Everything a fellow client needs, secret key included: send it confidentially."""
@@ -125,7 +125,7 @@ class CKKSKeys:
 
 def server_add(server_context: bytes, updates: Sequence[Sequence[bytes]]) -> list[bytes]:
     """Block-wise sum of the clients' encrypted updates, computed without any key."""
-    context = _load_context(server_context)
+    context = load_context(server_context)
     if context.is_private():
         raise BadInput("server_context", "a context with a secret key", "server_context_bytes()")
     lengths = {len(u) for u in updates}
@@ -135,19 +135,19 @@ def server_add(server_context: bytes, updates: Sequence[Sequence[bytes]]) -> lis
         )
     total: list[ts.CKKSVector] = []
     for update in updates:
-        blocks = [_load_vector(context, b) for b in update]
+        blocks = [load_vector(context, b) for b in update]
         total = blocks if not total else [a + b for a, b in zip(total, blocks, strict=True)]
     return [block.serialize() for block in total]
 
 
-def _load_context(data: bytes) -> ts.Context:
+def load_context(data: bytes) -> ts.Context:
     try:
         return ts.context_from(data)
     except Exception as exc:  # TenSEAL raises bare exceptions on malformed input
         raise BadInput("context", f"{len(data)} bytes", "a serialized TenSEAL context") from exc
 
 
-def _load_vector(context: ts.Context, data: bytes) -> ts.CKKSVector:
+def load_vector(context: ts.Context, data: bytes) -> ts.CKKSVector:
     try:
         return ts.ckks_vector_from(context, data)
     except Exception as exc:  # as above
