@@ -61,13 +61,20 @@ def test_example_client_episodes_are_disjoint_draws_of_its_own_data():
         torch.testing.assert_close(b.ys[i], b.xs[i, :, 0].long() % 3)
 
 
-def test_sinusoid_regions_drawn_together_follow_each_region():
+def test_sinusoid_regions_drawn_together_are_each_regions_own_draws():
+    """`sample_regions` makes region i's draws from its own generator: bit for bit what
+    `regions[i].sample` gives (what a deployed client computes), for ranges that differ."""
     from fedmeta.data.sinusoid import Sinusoid, sample_regions
 
-    regions = [Sinusoid(k_shot=5, k_query=7, amplitude=(a, a), phase=(p, p)) for a, p in ((2.0, 0.5), (4.0, 2.0))]
-    b = sample_regions(regions, 3, torch.Generator().manual_seed(0))
-    assert b.xs.shape == (2, 3, 5, 1) and b.xq.shape == (2, 3, 7, 1)
-    for i, (a, p) in enumerate(((2.0, 0.5), (4.0, 2.0))):
-        torch.testing.assert_close(b.ys[i], a * torch.sin(b.xs[i] - p))
-        torch.testing.assert_close(b.yq[i], a * torch.sin(b.xq[i] - p))
+    rng = torch.Generator().manual_seed(1)
+    ranges = [tuple(sorted(torch.rand(2, generator=rng).mul(5).tolist())) for _ in range(64)]
+    regions = [Sinusoid(k_shot=5, k_query=7, amplitude=(lo + 0.1, hi + 0.1), phase=(lo / 2, hi)) for lo, hi in ranges]
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(len(regions))]
+    b = sample_regions(regions, 3, gens)
+    assert b.xs.shape == (64, 3, 5, 1) and b.xq.shape == (64, 3, 7, 1)
+    for i, region in enumerate(regions):
+        mine = torch.Generator().manual_seed(100 + i)
+        own = region.sample(3, mine)
+        assert all(torch.equal(getattr(b, f)[i], getattr(own, f)) for f in ("xs", "ys", "xq", "yq"))
+        assert torch.equal(gens[i].get_state(), mine.get_state())  # each stream left where `sample` leaves it
     assert float(b.xs.min()) >= -5 and float(b.xs.max()) <= 5

@@ -33,6 +33,7 @@ local_steps_min = 1
 tasks_per_step = 4
 local_lr = 0.01
 strategy = "fedadam"
+server_lr = 0.03
 compression = "topk"
 topk_fraction = 0.2
 dropout_rate = 0.2

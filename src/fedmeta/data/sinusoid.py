@@ -47,9 +47,37 @@ class Sinusoid:
         return TaskBatch(xs, ys, xq, yq)
 
 
-def sample_regions(regions: list[Sinusoid], n_tasks: int, generator: torch.Generator) -> TaskBatch:
+def sample_regions(regions: list[Sinusoid], n_tasks: int, generators: list[torch.Generator]) -> TaskBatch:
     """Episodes of many sinusoid distributions that differ only in their amplitude and
-    phase ranges, drawn in one go: tensors gain a leading (regions,) axis."""
+    phase ranges, region i's from `generators[i]`: the same draws as
+    `regions[i].sample(n_tasks, generators[i])`, bit for bit, with the arithmetic done in
+    one go. Tensors gain a leading (regions,) axis."""
+    first = regions[0]
+    draws = [(torch.rand(2, n_tasks, generator=g), torch.rand(n_tasks, first.k_shot, 1, generator=g),
+              torch.rand(n_tasks, first.k_query, 1, generator=g)) for g in generators]  # `sample`'s order
+    u = torch.stack([d[0] for d in draws], 1)  # (2, regions, tasks)
+
+    def bounds(ranges: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each range's start and width as `sample`'s scalars become: float32, width in float64 first."""
+        return (torch.tensor([[lo] for lo, _ in ranges], dtype=torch.float32),
+                torch.tensor([[hi - lo] for lo, hi in ranges], dtype=torch.float32))
+
+    (a0, da), (p0, dp) = bounds([r.amplitude for r in regions]), bounds([r.phase for r in regions])
+    a, p = a0 + da * u[0], p0 + dp * u[1]  # (regions, tasks)
+    lo, hi = first.x_range
+
+    def points(i: int):
+        x = lo + (hi - lo) * torch.stack([d[i] for d in draws])
+        return x, a[..., None, None] * torch.sin(x - p[..., None, None])
+
+    (xs, ys), (xq, yq) = points(1), points(2)
+    return TaskBatch(xs, ys, xq, yq)
+
+
+def sample_regions_one_stream(regions: list[Sinusoid], n_tasks: int, generator: torch.Generator) -> TaskBatch:
+    """`sample_regions` with every region's draws made together from one stream: the
+    episodes of runs begun before each client drew from a stream of its own (their
+    checkpoints resume with them)."""
     first = regions[0]
     amp = torch.tensor([r.amplitude for r in regions], dtype=torch.float32)  # (regions, 2)
     phase = torch.tensor([r.phase for r in regions], dtype=torch.float32)

@@ -134,7 +134,8 @@ def client_update(header: dict[str, Any], params: Params, node_config: dict[str,
     r, attempt = int(header["round"]), int(header["attempt"])
     use_threads(cfg, side.training.batching)  # the in-process rule: same thread count, same float rounding
     gen, seed = generator(cfg.run.seed, r, attempt, CLIENT + cid), cfg.privacy.noise_seed
-    delta = side.training.deltas([cid], params, gen, lambda c: None if seed is None else rng_for(seed, r, c + 1))[cid]
+    delta = side.training.deltas([cid], params, gen, lambda c: None if seed is None else rng_for(seed, r, c + 1),
+                                 lambda c: gen)[cid]  # this client's own stream, as in-process
     if isinstance(delta, Exception):
         raise delta
     key = client_key_path(cfg, node_config, cid)

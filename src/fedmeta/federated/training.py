@@ -27,7 +27,7 @@ from torch.func import vmap
 from fedmeta.build import class_weights
 from fedmeta.config import Config
 from fedmeta.data.base import TaskBatch
-from fedmeta.data.sinusoid import Sinusoid, sample_regions
+from fedmeta.data.sinusoid import Sinusoid, sample_regions, sample_regions_one_stream
 from fedmeta.device import CPU, batch_to, device_of, to_cpu, to_device
 from fedmeta.federated.client import LocalMeta, LocalSGD, local_update
 from fedmeta.federated.perfedavg import PerFedAvg
@@ -118,21 +118,27 @@ class Training:
     def episodes(self, ids: list[int], gen: torch.Generator,
                  stream: Callable[[int], torch.Generator] | None = None) -> dict[int, tuple[TaskBatch, int]]:
         """Every client's episodes (steps, tasks, ...) and step count, each client's from
-        `stream(c)` as on its own machine; sinusoid regions are drawn in one go from `gen`
-        (measured: per-client sampling was a third of a 1000-client round)."""
+        `stream(c)` as on its own machine (default: `gen`). Sinusoid clients make the same
+        draws with the arithmetic done in one go (`sample_regions`; per-client arithmetic
+        was a third of a 1000-client round); without streams (runs begun before clients had
+        their own) all regions' draws come from `gen` together, as those runs drew them."""
         shape = (self.local_steps, self.tasks_per_step)
+        gens = [gen if stream is None else stream(c) for c in ids]
         tasks = [getattr(self.clients[c], "tasks", None) for c in ids]
         if not ids or not all(type(t) is Sinusoid and (t.k_shot, t.k_query, t.x_range) ==
                               (tasks[0].k_shot, tasks[0].k_query, tasks[0].x_range) for t in tasks):
             out = {}
-            for c in ids:
-                g = gen if stream is None else stream(c)
+            for c, g in zip(ids, gens, strict=True):
                 n = int(self.steps(1, g))
                 b = self.clients[c].sample(shape[0] * shape[1], g)
                 out[c] = TaskBatch(*(t.reshape(*shape, *t.shape[1:]) for t in (b.xs, b.ys, b.xq, b.yq))), n
             return out
-        steps = self.steps(len(ids), gen).tolist()
-        b = sample_regions(tasks, shape[0] * shape[1], gen)
+        if stream is None:
+            steps = self.steps(len(ids), gen).tolist()
+            b = sample_regions_one_stream(tasks, shape[0] * shape[1], gen)
+        else:
+            steps = [int(self.steps(1, g)) for g in gens]  # each stream: its step count, then its episodes
+            b = sample_regions(tasks, shape[0] * shape[1], gens)
         b = TaskBatch(*(t.reshape(len(ids), *shape, *t.shape[2:]) for t in (b.xs, b.ys, b.xq, b.yq)))
         return {c: (TaskBatch(b.xs[i], b.ys[i], b.xq[i], b.yq[i]), steps[i]) for i, c in enumerate(ids)}
 
