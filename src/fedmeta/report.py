@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import html
 import json
+import math
 import tomllib
 from collections import defaultdict
 from functools import cache
@@ -72,8 +73,10 @@ def _plot_personalization(per_client: dict, path: Path) -> bool:
     metric = "acc" if "acc_after" in per_client else "loss"
     if f"{metric}_after" not in per_client:
         return False
+    values = [[v for v in per_client[f"{metric}_{when}"] if math.isfinite(v)] for when in ("before", "after")]
+    if not all(values):  # a diverged run: nothing finite to draw on one side
+        return False
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    values = [per_client[f"{metric}_before"], per_client[f"{metric}_after"]]
     ax.hist(values, bins=20, label=["before adaptation", "after adaptation"], alpha=0.8)
     xlabel = f"query {'accuracy' if metric == 'acc' else 'loss'} per held-out client"
     return save_figure(fig, ax, path, xlabel, "clients", grid=False)

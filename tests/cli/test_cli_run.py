@@ -97,3 +97,23 @@ def test_default_demo_runs_with_dp_secagg_and_a_verifiable_ledger(tmp_path, monk
 def test_every_example_config_is_valid(path):
     cfg = load_config(path)
     assert cfg.run.name == path.stem
+
+
+def test_a_diverged_run_finishes_and_says_so(tmp_path, capsys):
+    """A server step of 1e30 makes every final figure NaN: the run still ends, its summary
+    and ledger hold null (JSON has no NaN) and name the figures, the ledger verifies and the
+    report skips the histogram it cannot draw."""
+    from fedmeta.ledger import verify_ledger
+
+    cfg = tmp_path / "fed.toml"
+    cfg.write_text('[data]\nname = "sinusoid"\nk_shot = 5\nk_query = 5\n[model]\nname = "mlp"\nhidden = [8]\n'
+                   '[federated]\nrounds = 1\nn_clients = 4\nheld_out_clients = 2\nclients_per_round = 2\n'
+                   'local_steps = 1\ntasks_per_step = 2\nstrategy = "fedadam"\nserver_lr = 1e30\n[ledger]\nenabled = true\n')
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["non_finite"] and all(summary["final"][k] is None for k in summary["non_finite"])
+    assert "diverged: " + ", ".join(summary["non_finite"]) + " not finite" in done[0]
+    verify_ledger(out)
+    assert (out / "report.html").is_file() and not (out / "personalization.png").exists()

@@ -134,6 +134,8 @@ def _grid(config: Path | None, overrides: list[str], out: Path | None, seeds: in
 def _figures(summary: dict[str, Any]) -> str:
     """The final figures, and for a DP run the ε spent at its δ."""
     figures = ", ".join(f"{k}={v:.4g}" for k, v in summary["final"].items() if isinstance(v, float))
+    if summary.get("non_finite"):
+        figures = "; ".join(filter(None, [figures, f"diverged: {', '.join(summary['non_finite'])} not finite"]))
     if "epsilon" not in summary:
         return figures
     eps = summary["epsilon"]

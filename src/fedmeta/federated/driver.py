@@ -10,6 +10,7 @@ run publishes its last committed step again, then goes on.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import uuid
@@ -137,6 +138,10 @@ class Driver:
             "seconds": round(time.perf_counter() - self.t0, 2),
             "final": {k: v for k, v in self.progress["last"].items() if k not in ("round", "split")},
         }
+        diverged = [k for k, v in summary["final"].items() if isinstance(v, float) and not math.isfinite(v)]
+        if diverged:  # JSON (and so the ledger) holds finite numbers only: said, not written as NaN
+            summary["final"] = {k: None if k in diverged else v for k, v in summary["final"].items()}
+            summary["non_finite"] = diverged
         if cfg.privacy.dp != "off" or cfg.privacy.secure_aggregation != "off":
             summary["privacy"] = cfg.privacy.model_dump(include={"dp", "clipping", "secure_aggregation"})
         if audit is not None:
