@@ -51,8 +51,8 @@ def _run(cmd: list[str], show: bool) -> None:
         print(shlex.join(cmd))
         return
     code = subprocess.call(cmd)
-    if code:
-        raise typer.Exit(code)
+    if code:  # Flower's own status (128 + N when signal N ended it); a typer.Exit would be lost
+        raise SystemExit(code if code > 0 else 128 - code)
 
 
 @deploy.command()
@@ -160,6 +160,11 @@ def superlink(
     ssl_ca_certfile: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="Superlink certificate (PEM).")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="Superlink private key (PEM).")] = None,
+    enable_supernode_auth: Annotated[bool, typer.Option(
+        "--enable-supernode-auth", help="Admit only supernodes whose public keys were registered "
+                                        "(flwr supernode register KEY.pub); TLS only.")] = False,
+    database: Annotated[Path | None, typer.Option(
+        help="Keep the superlink's state (registered keys, runs) in this SQLite file, across restarts.")] = None,
     show: Show = False,
 ) -> None:
     """Start Flower's superlink (the server side), with TLS unless --insecure."""
@@ -168,10 +173,12 @@ def superlink(
     check_port("--port", port)
     if host is not None and not host.strip():
         raise BadInput("--host", host, "an address to listen on (e.g. 127.0.0.1, ::1 or this machine's address)")
+    if database is not None and (database.is_dir() or not database.parent.is_dir()):
+        raise BadInput("--database", str(database), "a file in an existing folder (created if absent)")
     tls = _tls(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)
     if tls is None and host is not None:
         check_insecure_host("--host", host, allow_insecure_remote)
-    _run(superlink_command(port, tls, host), show)
+    _run(superlink_command(port, tls, host, node_auth=enable_supernode_auth, database=database), show)
 
 
 @deploy.command()
@@ -191,6 +198,9 @@ def supernode(
     insecure: Insecure = False,
     allow_insecure_remote: AllowRemote = False,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the superlink (PEM).")] = None,
+    auth_supernode_private_key: Annotated[Path | None, typer.Option(
+        help="This supernode's OpenSSH EC private key (ssh-keygen -t ecdsa), its public key registered with "
+             "the superlink.")] = None,
     show: Show = False,
 ) -> None:
     """Start a Flower supernode that acts as one client of the federation: a partition of
@@ -220,6 +230,8 @@ def supernode(
         check_insecure_host("--superlink", host, allow_insecure_remote)
     if key is not None and not key.is_file():
         raise BadInput("--key", str(key), "an existing PEM file (fedmeta keys create)")
+    if auth_supernode_private_key is not None:
+        _check_auth_key(auth_supernode_private_key)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise BadInput("--data-dir", data_dir, "an existing folder (this owner's datasets)")
     if state_dir is not None and not state_dir.is_dir():
@@ -230,7 +242,22 @@ def supernode(
     node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve()), ("config", pinned),
                                         ("data-file", data and data.resolve()), ("owner", owner),
                                         ("state-dir", state_dir and state_dir.resolve())) if v})
-    _run(supernode_command(superlink, port, node, tls), show)
+    _run(supernode_command(superlink, port, node, tls, auth_key=auth_supernode_private_key), show)
+
+
+def _check_auth_key(path: Path) -> None:
+    """Flower reads a supernode's key as an unencrypted OpenSSH EC private key."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    try:
+        key = load_ssh_private_key(path.read_bytes(), None)
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise BadInput("--auth-supernode-private-key", str(path),
+                       "an unencrypted OpenSSH EC private key (ssh-keygen -t ecdsa -b 384 -N '' -f FILE)")
 
 
 def _check_partition(partition_id: int | None, num_partitions: int | None) -> None:

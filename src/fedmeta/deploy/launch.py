@@ -7,7 +7,9 @@ federation (one superlink, N supernodes, `flwr run`) that is always torn down.
   the superlink and supernodes run with `--disable-runtime-dependency-installation`.
 - `superlink_command` / `supernode_command`: TLS certificates are passed through to
   Flower's own flags (`--ssl-*` on the superlink, `--root-certificates` on supernodes);
-  `tls=None` means `--insecure`, for loopback only.
+  `tls=None` means `--insecure`, for loopback only. Node authentication too: the superlink's
+  `--enable-supernode-auth` (TLS only; keys registered with `flwr supernode register`, kept
+  across restarts by `--database`) and each supernode's `--auth-supernode-private-key`.
 """
 
 from __future__ import annotations
@@ -121,22 +123,32 @@ def check_insecure_host(option: str, host: str, allow_remote: bool) -> None:
                                      "or TLS certificates, or --allow-insecure-remote")
 
 
-def superlink_command(port: int, tls: TLS | None = None, host: str | None = None) -> list[str]:
+def superlink_command(port: int, tls: TLS | None = None, host: str | None = None, *, node_auth: bool = False,
+                      database: Path | None = None) -> list[str]:
     """`host`: the address the superlink listens on; default 127.0.0.1 (loopback only), with
-    or without TLS: supernodes on other machines need an address given on purpose."""
+    or without TLS: supernodes on other machines need an address given on purpose.
+    `node_auth`: only supernodes whose public keys were registered may connect (TLS only);
+    `database`: the superlink's state (registered keys, runs) in a file that outlives it."""
     host = host or LOOPBACK
     cmd = [binary("flower-superlink"), "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
+    cmd += ["--database", str(database)] if database is not None else []
     if tls is None:
+        if node_auth:
+            raise BadInput("--enable-supernode-auth", True, "TLS certificates (Flower authenticates supernodes over TLS only)")
         return [*cmd, "--insecure"]
     if tls.cert is None or tls.key is None:
         raise BadInput("--ssl-certfile", None, "the superlink's certificate and key with its CA certificate")
+    cmd += ["--enable-supernode-auth"] if node_auth else []
     return [*cmd, "--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
 
 
-def supernode_command(superlink: str, port: int, node_config: dict[str, Any], tls: TLS | None = None) -> list[str]:
-    """`port` is the supernode's local ClientApp API (one per supernode on a machine)."""
+def supernode_command(superlink: str, port: int, node_config: dict[str, Any], tls: TLS | None = None, *,
+                      auth_key: Path | None = None) -> list[str]:
+    """`port` is the supernode's local ClientApp API (one per supernode on a machine);
+    `auth_key`: its OpenSSH EC private key, whose public key the superlink has registered."""
     config = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())
     cmd = [binary("flower-supernode"), "--superlink", superlink, "--port", str(port), "--node-config", config]
+    cmd += ["--auth-supernode-private-key", str(auth_key)] if auth_key is not None else []
     return [*cmd, "--insecure"] if tls is None else [*cmd, "--root-certificates", str(tls.ca)]
 
 
