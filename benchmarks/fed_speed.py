@@ -132,10 +132,8 @@ def core_step(runtime: Runtime, per_round: int) -> Callable[[], None]:
     training = runtime.clients.training
     params = to_device(runtime.params, training.device)
     ids = list(range(per_round))
-    work = training.episodes(ids, runtime.server.generator(1))
-    eps = batch_to(TaskBatch(*(torch.stack([getattr(work[c][0], f) for c in ids]) for f in ("xs", "ys", "xq", "yq"))),
-                   training.device)
-    steps = torch.tensor([work[c][1] for c in ids], device=training.device)
+    eps, steps = training.episodes(ids, runtime.server.generator(1)).batch(ids)
+    eps, steps = batch_to(eps, training.device), torch.tensor(steps, device=training.device)
 
     def one(xs, ys, xq, yq, n):
         return local_update(training.procedure, params, TaskBatch(xs, ys, xq, yq), n)

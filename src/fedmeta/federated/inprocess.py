@@ -20,7 +20,7 @@ from fedmeta.config import Config
 from fedmeta.federated.attacks import ATTACKS
 from fedmeta.federated.client_steps import Context, Craft, Pipeline, Upload
 from fedmeta.federated.registry import build
-from fedmeta.federated.sampling import ATTACKERS, CLIENT, generator
+from fedmeta.federated.sampling import ATTACKERS, CLIENT, generator, generators
 from fedmeta.federated.training import Training
 from fedmeta.federated.transport import Broadcast, Replies, Reply
 from fedmeta.privacy.noise import rng_for
@@ -69,7 +69,8 @@ class InProcess:
                 out.dropped[cid] = "straggler: missed the round deadline"
         active = [c for c in sampled if c not in out.dropped]
         seeded = self.noise_seed is not None
-        stream = (lambda c: generator(self.seed, round_, attempt, CLIENT + c)) if self.client_streams else None
+        streams = dict(zip(active, generators(self.seed, round_, attempt, [CLIENT + c for c in active]), strict=True))
+        stream = streams.__getitem__ if self.client_streams else None
         deltas = self.training.deltas(active, b.params, gen, lambda c: rng_for(self.noise_seed, round_, c + 1) if seeded else None,
                                       stream)
         honest = [d for c, d in deltas.items() if c not in self.malicious and not isinstance(d, Exception)]

@@ -15,7 +15,7 @@ looped), and the updates come back to the CPU, where the client pipeline runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,39 @@ from fedmeta.meta.base import batching_for
 from fedmeta.params import Params
 
 Deltas = dict[int, Params | Exception]
+FIELDS = ("xs", "ys", "xq", "yq")
+
+
+class Episodes(Mapping[int, tuple[TaskBatch, int]]):
+    """A round's episodes: client -> (its TaskBatch of (steps, tasks, ...), its step count).
+    Sinusoid regions' come as one batch with a leading clients axis, which a vmapped chunk
+    of consecutive clients slices instead of stacking their views again."""
+
+    def __init__(self, ids: list[int], steps: list[int], each: dict[int, TaskBatch] | None = None,
+                 stacked: TaskBatch | None = None):
+        self.ids, self.steps, self.each, self.stacked = ids, steps, each, stacked
+        self.index = {c: i for i, c in enumerate(ids)}
+
+    def __getitem__(self, c: int) -> tuple[TaskBatch, int]:
+        i = self.index[c]
+        if self.each is not None:
+            return self.each[c], self.steps[i]
+        return TaskBatch(*(getattr(self.stacked, f)[i] for f in FIELDS)), self.steps[i]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, ids: list[int]) -> tuple[TaskBatch, list[int]]:
+        """The episodes of `ids` stacked (clients, steps, tasks, ...), and their step counts."""
+        first = self.index[ids[0]] if ids else 0
+        if self.stacked is not None and ids == self.ids[first : first + len(ids)]:
+            part = slice(first, first + len(ids))
+            return TaskBatch(*(getattr(self.stacked, f)[part] for f in FIELDS)), self.steps[part]
+        return (TaskBatch(*(torch.stack([getattr(self[c][0], f) for c in ids]) for f in FIELDS)),
+                [self.steps[self.index[c]] for c in ids])
 
 
 def make_procedure(cfg: Config, model: nn.Module, kind: str, learner: MetaLearner) -> Any:
@@ -116,7 +149,7 @@ class Training:
         return out
 
     def episodes(self, ids: list[int], gen: torch.Generator,
-                 stream: Callable[[int], torch.Generator] | None = None) -> dict[int, tuple[TaskBatch, int]]:
+                 stream: Callable[[int], torch.Generator] | None = None) -> Episodes:
         """Every client's episodes (steps, tasks, ...) and step count, each client's from
         `stream(c)` as on its own machine (default: `gen`). Sinusoid clients make the same
         draws with the arithmetic done in one go (`sample_regions`; per-client arithmetic
@@ -127,24 +160,24 @@ class Training:
         tasks = [getattr(self.clients[c], "tasks", None) for c in ids]
         if not ids or not all(type(t) is Sinusoid and (t.k_shot, t.k_query, t.x_range) ==
                               (tasks[0].k_shot, tasks[0].k_query, tasks[0].x_range) for t in tasks):
-            out = {}
+            each, steps = {}, []
             for c, g in zip(ids, gens, strict=True):
-                n = int(self.steps(1, g))
+                steps.append(int(self.steps(1, g)))
                 b = self.clients[c].sample(shape[0] * shape[1], g)
-                out[c] = TaskBatch(*(t.reshape(*shape, *t.shape[1:]) for t in (b.xs, b.ys, b.xq, b.yq))), n
-            return out
+                each[c] = TaskBatch(*(t.reshape(*shape, *t.shape[1:]) for t in (b.xs, b.ys, b.xq, b.yq)))
+            return Episodes(ids, steps, each=each)
         if stream is None:
             steps = self.steps(len(ids), gen).tolist()
             b = sample_regions_one_stream(tasks, shape[0] * shape[1], gen)
         else:
             steps = [int(self.steps(1, g)) for g in gens]  # each stream: its step count, then its episodes
             b = sample_regions(tasks, shape[0] * shape[1], gens)
-        b = TaskBatch(*(t.reshape(len(ids), *shape, *t.shape[2:]) for t in (b.xs, b.ys, b.xq, b.yq)))
-        return {c: (TaskBatch(b.xs[i], b.ys[i], b.xq[i], b.yq[i]), steps[i]) for i, c in enumerate(ids)}
+        return Episodes(ids, steps, stacked=TaskBatch(*(t.reshape(len(ids), *shape, *t.shape[2:])
+                                                        for t in (b.xs, b.ys, b.xq, b.yq))))
 
-    def _vmapped(self, ids: list[int], params: Params, work: dict) -> Deltas:
-        eps = TaskBatch(*(torch.stack([getattr(work[c][0], f) for c in ids]) for f in ("xs", "ys", "xq", "yq")))
-        eps, steps = batch_to(eps, self.device), torch.tensor([work[c][1] for c in ids], device=self.device)
+    def _vmapped(self, ids: list[int], params: Params, work: Episodes) -> Deltas:
+        eps, steps = work.batch(ids)
+        eps, steps = batch_to(eps, self.device), torch.tensor(steps, device=self.device)
 
         def one(xs, ys, xq, yq, n):  # a client's Δ from its episodes (steps, tasks, ...)
             return local_update(self.procedure, params, TaskBatch(xs, ys, xq, yq), n)
@@ -155,7 +188,7 @@ class Training:
         rows = zip(*(deltas[k].unbind(0) for k in names), strict=True)  # each client's tensors, as views
         return {c: dict(zip(names, row, strict=True)) for c, row in zip(ids, rows, strict=True)}
 
-    def _looped(self, ids: list[int], params: Params, work: dict) -> Deltas:
+    def _looped(self, ids: list[int], params: Params, work: Episodes) -> Deltas:
         out: Deltas = {}
         for c in ids:
             try:
