@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -47,10 +48,13 @@ def _tls(insecure: bool, ca: Path | None, cert: Path | None = None, key: Path | 
 
 
 def _run(cmd: list[str], show: bool) -> None:
+    """Run Flower's command with its superexec polling promptly (`PROMPT_ENV`), or print it."""
+    from fedmeta.deploy.launch import PROMPT_ENV
+
     if show:
-        print(shlex.join(cmd))
+        print(shlex.join([*(f"{k}={v}" for k, v in PROMPT_ENV.items()), *cmd]))
         return
-    code = subprocess.call(cmd)
+    code = subprocess.call(cmd, env={**os.environ, **PROMPT_ENV})
     if code:  # Flower's own status (128 + N when signal N ended it); a typer.Exit would be lost
         raise SystemExit(code if code > 0 else 128 - code)
 

@@ -35,6 +35,9 @@ from typing import Any
 from fedmeta.errors import BadInput, FedmetaError
 
 CONNECTION = "fedmeta"  # the connection name written into $FLWR_HOME/config.toml
+# Flower's superexec, which starts each message's ClientApp process, asks for work every 1 s
+# by default (flwr/supercore/superexec/run_superexec.py); every exchange waited for it
+PROMPT_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 
 
 @dataclass(frozen=True)
@@ -324,7 +327,7 @@ def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir
     check_seconds("--deadline", deadline)
     check_seconds("timeout", timeout)
     port = free_port()
-    env = {**os.environ, "FLWR_HOME": str(workdir / "flwr-home"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "FLWR_HOME": str(workdir / "flwr-home"), "PYTHONUNBUFFERED": "1", **PROMPT_ENV}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     write_connection(workdir / "flwr-home", f"{LOOPBACK}:{port}", tls)
     failure, logs = workdir / "serverapp-error.json", logs or workdir / "logs"
