@@ -60,6 +60,25 @@ def test_local_dp_shares_sum_to_central_noise(config):
     assert float(total.std()) == pytest.approx(SIGMA * 0.5, rel=0.05)
 
 
+@pytest.mark.parametrize("secure", ["off", "secagg"])
+def test_the_servers_aggregate_keeps_the_local_noise_the_accountant_counts(secure):
+    """Local DP, through the server's aggregation pipeline: m clients with Δ = 0 send only
+    their noise shares, and the mean the strategy gets has std z·C/m, as the accountant
+    assumes. Clipping each noisy update again to C in the clear (≈ 0.5·C·√d ≫ C here), or
+    saturating coordinates at ±C in secure aggregation's fixed point, would cut it."""
+    import numpy as np
+
+    from fedmeta.federated.aggregation import DPMean, SecAggSum
+    from fedmeta.federated.dp_fedavg import ClientLevelDP
+
+    z, clip_norm, m, d = 1.0, 0.5, 4, 20_000
+    dp = ClientLevelDP("local", z, clip_norm, float(m), 1.0)
+    shares = [dp.privatize({"a": torch.zeros(d)}, clip_norm, np.random.default_rng(c))[0] for c in range(m)]
+    mean = DPMean(dp, None if secure == "off" else SecAggSum(secure))(shares, [1.0] * m, [0.0] * m,
+                                                                      np.random.default_rng(9)).delta["a"]
+    assert float(mean.double().std()) == pytest.approx(z * clip_norm / m, rel=0.03)
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

@@ -129,7 +129,9 @@ class SecureMean:
 @dataclass
 class DPMean:
     """DP-FedAvg's server half on the clipped updates' sum: in the clear (`inner` None:
-    each update clipped again to C, unit weights) or by a secure sum with unit weights."""
+    unit weights, each update clipped again to C under central noise; under local noise
+    each arrives noised, and clipping it again would remove noise the accountant counts) or
+    by a secure sum with unit weights."""
 
     dp: ClientLevelDP
     inner: Sum | None = None
@@ -150,7 +152,8 @@ class DPMean:
     def __call__(self, updates: list[Params], weights: list[float], reports: list[float],
                  rng: np.random.Generator) -> Aggregate:
         if self.inner is None:
-            total = weighted_sum([clip(u, self.dp.clip_norm) for u in updates])
+            local = self.dp.placement == "local"  # each update noised already (see the docstring)
+            total = weighted_sum(updates if local else [clip(u, self.dp.clip_norm) for u in updates])
             return Aggregate(self.dp.finish(total, sum(reports), rng), self.dp.event())
         rows = [self.row(u, b) for u, b in zip(updates, reports, strict=True)]
         total, weight, costs = self.inner(rows, self.weights(weights), self.clip())

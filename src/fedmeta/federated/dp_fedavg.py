@@ -89,10 +89,14 @@ class ClientLevelDP:
     # -- the server's half --------------------------------------------------------------------
     def secure_clip(self) -> float:
         """The fixed-point range of each masked coordinate: C, with room for a noisy
-        adaptive-clipping report."""
+        adaptive-clipping report and, under local noise, for six standard deviations of a
+        client's noise share (coordinates past the range would be clipped, cutting noise
+        the accountant counts)."""
+        share = math.sqrt(self.expected_clients)
+        noise = 6 * self.update_noise_multiplier * self.clip_norm / share if self.placement == "local" else 0.0
         if self.adaptive is None:
-            return self.clip_norm
-        return max(self.clip_norm, 1.0 + 6 * self.count_std / math.sqrt(self.expected_clients))
+            return self.clip_norm + noise
+        return max(self.clip_norm + noise, 1.0 + 6 * self.count_std / share)
 
     def row(self, update: Params, report: float) -> Params:
         """A client's summand for a secure sum: its update, and the count as one more coordinate."""
