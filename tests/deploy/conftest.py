@@ -48,6 +48,7 @@ class LoopbackGrid:
         }
         self.sent: list[Message] = []
         self.replies: list[Message] = []
+        self.pending: list[Message] = []  # replies pushed and not yet pulled (`push_messages`)
 
     def get_node_ids(self):
         return list(self.contexts)
@@ -67,6 +68,20 @@ class LoopbackGrid:
             except Exception as err:
                 out.append(Message(error=Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=m))
         self.replies.extend(out)
+        return out
+
+    def push_messages(self, messages):
+        """Flower's push (what `PromptGrid` uses): each message gets its id as Flower's grid
+        gives it, and its reply waits to be pulled."""
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id
+        self.pending += self.send_and_receive(messages)
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids):
+        ids = set(message_ids)
+        out = [r for r in self.pending if r.metadata.reply_to_message_id in ids]
+        self.pending = [r for r in self.pending if r not in out]
         return out
 
 
