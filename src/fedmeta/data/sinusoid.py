@@ -53,9 +53,12 @@ def sample_regions(regions: list[Sinusoid], n_tasks: int, generators: list[torch
     `regions[i].sample(n_tasks, generators[i])`, bit for bit, with the arithmetic done in
     one go. Tensors gain a leading (regions,) axis."""
     first = regions[0]
-    draws = [(torch.rand(2, n_tasks, generator=g), torch.rand(n_tasks, first.k_shot, 1, generator=g),
-              torch.rand(n_tasks, first.k_query, 1, generator=g)) for g in generators]  # `sample`'s order
-    u = torch.stack([d[0] for d in draws], 1)  # (2, regions, tasks)
+    shot, query = n_tasks * first.k_shot, n_tasks * first.k_query
+    # `sample`'s three draws in one: a stream's uniforms come in order, however many per call
+    draws = torch.stack([torch.rand(2 * n_tasks + shot + query, generator=g) for g in generators])
+    u = draws[:, : 2 * n_tasks].reshape(len(regions), 2, n_tasks).transpose(0, 1)  # (2, regions, tasks)
+    xs_u = draws[:, 2 * n_tasks : 2 * n_tasks + shot].reshape(len(regions), n_tasks, first.k_shot, 1)
+    xq_u = draws[:, 2 * n_tasks + shot :].reshape(len(regions), n_tasks, first.k_query, 1)
 
     def bounds(ranges: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each range's start and width as `sample`'s scalars become: float32, width in float64 first."""
@@ -66,11 +69,11 @@ def sample_regions(regions: list[Sinusoid], n_tasks: int, generators: list[torch
     a, p = a0 + da * u[0], p0 + dp * u[1]  # (regions, tasks)
     lo, hi = first.x_range
 
-    def points(i: int):
-        x = lo + (hi - lo) * torch.stack([d[i] for d in draws])
+    def points(uniform: torch.Tensor):
+        x = lo + (hi - lo) * uniform
         return x, a[..., None, None] * torch.sin(x - p[..., None, None])
 
-    (xs, ys), (xq, yq) = points(1), points(2)
+    (xs, ys), (xq, yq) = points(xs_u), points(xq_u)
     return TaskBatch(xs, ys, xq, yq)
 
 
