@@ -41,14 +41,22 @@ def test_loopback_deployment_equals_the_in_process_run(config, tmp_path, monkeyp
     assert (flower.path / "report.html").is_file()
 
 
+SECURE = {  # privacy settings, the metric counting the clients in the sum, exchanges per round
+    "secagg+": ({"dp": "example", "noise_multiplier": 1.0, "example_sample_rate": 0.5, "clip_norm": 1.0,
+                 "delta": 1e-5, "secagg_clip": 2.0}, "secagg_included", "secagg_bytes_up", 4),
+    "ckks": ({"dp": "central", "noise_multiplier": 0.5, "clip_norm": 0.5}, "he_included", "he_exchange_seconds", 3),
+}
+
+
 @pytest.mark.slow
-def test_loopback_deployment_with_secagg_plus_equals_the_in_process_run(config, tmp_path, monkeypatch):
-    """Four exchanges per round between real processes; the secure sum of the same updates
-    in-process gives the same model (to fixed-point precision)."""
+@pytest.mark.parametrize("scheme", sorted(SECURE))
+def test_loopback_deployment_with_a_secure_sum_equals_the_in_process_run(config, tmp_path, monkeypatch, scheme):
+    """SecAgg+ (four exchanges per round) or CKKS (keys dealt by client 0 through the
+    superlink, three exchanges) between real processes; the in-process secure sum of the
+    same updates gives the same model (to fixed-point or CKKS precision)."""
     monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
-    cfg = config(privacy={"dp": "example", "noise_multiplier": 1.0, "example_sample_rate": 0.5, "clip_norm": 1.0,
-                          "delta": 1e-5, "noise_seed": 7, "secure_aggregation": "secagg+", "secagg_clip": 2.0},
-                 rounds=2, clients_per_round=3)
+    privacy, included, per_exchange, exchanges = SECURE[scheme]
+    cfg = config(privacy={**privacy, "noise_seed": 7, "secure_aggregation": scheme}, rounds=2, clients_per_round=3)
     (tmp_path / "cfg.toml").write_text(cfg.to_toml())
     assert main(["run", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
     assert main(["deploy", "local", str(tmp_path / "cfg.toml"), "--clients", "3", "--out", str(tmp_path / "flower")]) == 0
@@ -56,25 +64,7 @@ def test_loopback_deployment_with_secagg_plus_equals_the_in_process_run(config, 
     a, b = torch.load(local.path / "model.pt"), torch.load(flower.path / "model.pt")
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     rounds = [m for m in flower.metrics() if m["split"] == "test" and m["round"] > 0]
-    assert [m["secagg_included"] for m in rounds] == [3, 3] and all(len(m["secagg_bytes_up"]) == 4 for m in rounds)
-    assert [m["epsilon"] for m in rounds] == [m["epsilon"] for m in local.metrics() if m["split"] == "test" and m["round"] > 0]
-
-
-@pytest.mark.slow
-def test_loopback_deployment_with_ckks_equals_the_in_process_run(config, tmp_path, monkeypatch):
-    """Keys dealt by client 0 through the superlink, three exchanges per round between real
-    processes; the in-process CKKS run gives the same model (to CKKS precision)."""
-    monkeypatch.setenv("FEDMETA_HOME", str(tmp_path / "home"))
-    cfg = config(privacy={"dp": "central", "noise_multiplier": 0.5, "clip_norm": 0.5, "noise_seed": 7,
-                          "secure_aggregation": "ckks"}, rounds=2, clients_per_round=3)
-    (tmp_path / "cfg.toml").write_text(cfg.to_toml())
-    assert main(["run", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
-    assert main(["deploy", "local", str(tmp_path / "cfg.toml"), "--clients", "3", "--out", str(tmp_path / "flower")]) == 0
-    local, flower = RunDir(tmp_path / "local"), RunDir(tmp_path / "flower")
-    a, b = torch.load(local.path / "model.pt"), torch.load(flower.path / "model.pt")
-    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
-    rounds = [m for m in flower.metrics() if m["split"] == "test" and m["round"] > 0]
-    assert [m["he_included"] for m in rounds] == [3, 3] and all(len(m["he_exchange_seconds"]) == 3 for m in rounds)
+    assert [m[included] for m in rounds] == [3, 3] and all(len(m[per_exchange]) == exchanges for m in rounds)
     assert [m["epsilon"] for m in rounds] == [m["epsilon"] for m in local.metrics() if m["split"] == "test" and m["round"] > 0]
 
 

@@ -179,10 +179,6 @@ class Deal:
                    {int(k[5:]): bytes(v) for k, v in body.items() if k.startswith("wrap.")},
                    {int(k[8:]): str(v) for k, v in body.items() if k.startswith("refused.")})
 
-    @property
-    def limit(self) -> float:
-        return magnitude_limit(self.server_context)
-
     def install_record(self, cid: int) -> ConfigRecord:
         """What client `cid` needs to install this deal (rides on its next train message)."""
         return ConfigRecord({"key_id": self.key_id, "dealer": self.dealer, "dealer_kx": self.dealer_kx,

@@ -280,13 +280,7 @@ class FlowerTransport:
             ckks.ENCRYPT, {c: RecordDict({ckks.CKKS: ConfigRecord({**header, "weight": scaled[c]})}) for c in weights},
             group, out.dropped).items()}
         costs["he_exchange_seconds"][1] = round(time.perf_counter() - start, 3)
-        accepted = {}
-        for c, reply in encrypted.items():
-            out.replies[c] = reply
-            if (refusal := b.check_signature(c, reply.data, reply.signed)) is not None:  # dropped from the sum
-                out.refused[c] = refusal
-                continue
-            accepted[c] = reply.data
+        accepted = self.signed_inputs(encrypted, b, out)
         costs["he_bytes_up"] = sum(len(d) for d in accepted.values())
         start = time.perf_counter()
         aggregate, bad = ckks.add(deal.server_context, accepted, dim)
@@ -311,6 +305,19 @@ class FlowerTransport:
         out.summed = Summed(unflatten(torch.from_numpy(total[:-1]), template), float(total[-1]), frozenset(accepted))
         costs["he_included"] = len(accepted)
         return out
+
+    @staticmethod
+    def signed_inputs(replies: dict[int, Reply], b: Broadcast, out: Replies) -> dict[int, bytes]:
+        """The masked or encrypted inputs whose signatures check out; a refused one is
+        recorded and left out of the sum."""
+        accepted = {}
+        for c, reply in replies.items():
+            out.replies[c] = reply
+            if (refusal := b.check_signature(c, reply.data, reply.signed)) is not None:
+                out.refused[c] = refusal
+                continue
+            accepted[c] = reply.data
+        return accepted
 
     @staticmethod
     def ckks_abort(out: Replies, group: str, clients: list[int], why: str) -> Replies:
@@ -356,13 +363,7 @@ class FlowerTransport:
             live = [c for c in weights if c in to]
             scaled = dict(zip(live, b.aggregation.weights([weights[c] for c in live]), strict=True))
             masked = run(2, MASKED_INPUT, to, {c: {"weight": scaled[c], "run_id": b.run_id} for c in to})
-            accepted = {}
-            for c, reply in masked.items():
-                out.replies[c] = reply
-                if (refusal := b.check_signature(c, reply.data, reply.signed)) is not None:  # dropped from the sum
-                    out.refused[c] = refusal
-                    continue
-                accepted[c] = reply.data
+            accepted = self.signed_inputs(masked, b, out)
             to = server.collect_masked(accepted)
             total = server.unmask({c: r.data for c, r in run(3, UNMASK, to).items()})  # (dim,)
         except SecAggAbort as err:
