@@ -84,9 +84,10 @@ class Deployment:
 def test_killing_the_launcher_kills_every_flower_process(config, tmp_path):
     run = Deployment(tmp_path, config(rounds=50), "--clients", "2")
     try:
-        def started():  # superlink, 2 supernodes, `flwr run`, the ServerApp and the superexecs that start them
+        def started():  # superlink, its superexec, the ServerApp, `flwr run`, 2 supernodes and their ClientApp executors
             cmds = list(run.processes().values())
-            return sum("flower-superexec" in c for c in cmds) == 3 and any("flwr-serverapp" in c for c in cmds)
+            return (sum("flower-superexec" in c for c in cmds) == 1 and any("flwr-serverapp" in c for c in cmds)
+                    and sum("fedmeta.deploy.executor" in c for c in cmds) == 2)
 
         wait_until(started, 120, "running deployment", run.proc)
         running = run.processes()
@@ -129,7 +130,7 @@ def test_a_killed_supernode_is_dropped_and_the_run_completes(config, tmp_path):
     run = Deployment(tmp_path, cfg, "--clients", "3", "--deadline", "300")
     try:
         wait_until(lambda: any(r["round"] >= 1 for r in run.rows()), 180, "round 1", run.proc)
-        victim = next(pid for pid, cmd in run.processes().items() if "flower-supernode" in cmd and "partition-id=1" in cmd)
+        victim = next(pid for pid, cmd in run.processes().items() if "fedmeta.deploy.supernode" in cmd and "partition-id=1" in cmd)
         os.kill(victim, signal.SIGKILL)
         assert run.proc.wait(timeout=480) == 0, run.stderr.read_text()
         summary = json.loads((run.out / "summary.json").read_text())

@@ -205,19 +205,30 @@ def supernode(
     auth_supernode_private_key: Annotated[Path | None, typer.Option(
         help="This supernode's OpenSSH EC private key (ssh-keygen -t ecdsa), its public key registered with "
              "the superlink.")] = None,
+    app: Annotated[str | None, typer.Option(
+        help="This owner's own ClientApp, module:attribute (e.g. fedmeta.deploy.clientapp.make_client_app(...) "
+             "in a module of yours); the only one this node runs.")] = None,
+    poll: Annotated[float, typer.Option(
+        help="Seconds between this node's polls of the superlink for work.")] = 0.5,
     show: Show = False,
 ) -> None:
     """Start a Flower supernode that acts as one client of the federation: a partition of
-    the config's dataset (--partition-id), or an owner's own table (--data)."""
+    the config's dataset (--partition-id), or an owner's own table (--data). Its ClientApp
+    (fedmeta's, or --app) stays loaded for the whole run; nothing the server ships is run."""
     from fedmeta.deploy.launch import (
+        check_app,
         check_insecure_host,
         check_port,
+        check_seconds,
         parse_address,
         supernode_command,
     )
 
     host, _ = parse_address("--superlink", superlink)
     check_port("--port", port)
+    check_seconds("--poll", poll)
+    if app is not None:
+        check_app(app)
     node: dict[str, object] = {}
     if data is None:
         _check_partition(partition_id, num_partitions)
@@ -246,7 +257,7 @@ def supernode(
     node.update({k: str(v) for k, v in (("data-dir", data_dir), ("key", key and key.resolve()), ("config", pinned),
                                         ("data-file", data and data.resolve()), ("owner", owner),
                                         ("state-dir", state_dir and state_dir.resolve())) if v})
-    _run(supernode_command(superlink, port, node, tls, auth_key=auth_supernode_private_key), show)
+    _run(supernode_command(superlink, port, node, tls, auth_key=auth_supernode_private_key, poll=poll, app=app), show)
 
 
 def _check_auth_key(path: Path) -> None:

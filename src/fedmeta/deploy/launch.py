@@ -35,9 +35,10 @@ from typing import Any
 from fedmeta.errors import BadInput, FedmetaError
 
 CONNECTION = "fedmeta"  # the connection name written into $FLWR_HOME/config.toml
-# Flower's superexec, which starts each message's ClientApp process, asks for work every 1 s
-# by default (flwr/supercore/superexec/run_superexec.py); every exchange waited for it
+# Flower's superexec, which starts the superlink's ServerApp process, asks for work every 1 s
+# by default (flwr/supercore/superexec/run_superexec.py)
 PROMPT_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+LOCAL_POLL = 0.02  # seconds between a loopback supernode's polls: three supernodes, one machine
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,21 @@ def check_seconds(option: str, seconds: float) -> float:
     return seconds
 
 
+def check_app(ref: str) -> str:
+    """`module:attribute` whose module can be imported here (not imported yet)."""
+    import importlib.util
+
+    module, _, attribute = ref.partition(":")
+    try:
+        found = bool(module and attribute.isidentifier()) and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise BadInput("--app", ref, "module:attribute of an importable module naming a flwr ClientApp "
+                                     "(e.g. fedmeta.deploy.clientapp:client_app)")
+    return ref
+
+
 def parse_address(option: str, address: str) -> tuple[str, int]:
     """`host:port` (an IPv6 host in brackets: `[::1]:9092`)."""
     match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})", address.strip())
@@ -146,11 +162,14 @@ def superlink_command(port: int, tls: TLS | None = None, host: str | None = None
 
 
 def supernode_command(superlink: str, port: int, node_config: dict[str, Any], tls: TLS | None = None, *,
-                      auth_key: Path | None = None) -> list[str]:
-    """`port` is the supernode's local ClientApp API (one per supernode on a machine);
-    `auth_key`: its OpenSSH EC private key, whose public key the superlink has registered."""
+                      auth_key: Path | None = None, poll: float = 0.5, app: str | None = None) -> list[str]:
+    """Flower's supernode with its ClientApp kept loaded (`supernode.py`): `port` is its
+    local Runtime API (one per supernode on a machine); `auth_key`: its OpenSSH EC private
+    key, whose public key the superlink has registered; `poll`: seconds between polls;
+    `app`: the owner's own ClientApp (module:attribute) instead of fedmeta's."""
     config = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())
-    cmd = [binary("flower-supernode"), "--superlink", superlink, "--port", str(port), "--node-config", config]
+    ours = [sys.executable, "-m", "fedmeta.deploy.supernode", "--poll", str(poll), *(["--app", app] if app else [])]
+    cmd = [*ours, "--", "--superlink", superlink, "--port", str(port), "--node-config", config]
     cmd += ["--auth-supernode-private-key", str(auth_key)] if auth_key is not None else []
     return [*cmd, "--insecure"] if tls is None else [*cmd, "--root-certificates", str(tls.ca)]
 
@@ -247,7 +266,8 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
     while time.monotonic() < stop:
         if proc.poll() is not None:
             args = list(proc.args)
-            name = Path(args[args.index("--") + 1] if "--" in args else args[0]).name  # under guard.py or not
+            args = args[args.index("--") + 1:] if str(GUARD) in args else args
+            name = args[2] if args[1:2] == ["-m"] else Path(args[0]).name  # `python -m module` or an executable
             raise FedmetaError(f"{name} exited with status {proc.returncode} before listening")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -340,7 +360,7 @@ def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir
         link = procs.start("superlink", superlink_command(port, tls, LOOPBACK))
         wait_for_port(port, link)
         for i, node in enumerate(nodes):
-            procs.start(f"supernode-{i}", supernode_command(f"{LOOPBACK}:{port}", free_port(), node, tls))
+            procs.start(f"supernode-{i}", supernode_command(f"{LOOPBACK}:{port}", free_port(), node, tls, poll=LOCAL_POLL))
         runner = procs.start("flwr-run", [binary("flwr"), "run", str(app), CONNECTION, "--stream"])
         stop = time.monotonic() + timeout
         while runner.poll() is None and not failure.exists():  # a failed ServerApp may leave `flwr run` waiting

@@ -1,0 +1,105 @@
+"""A Flower supernode whose ClientApp stays loaded and whose exchanges wait no fixed sleeps:
+`python -m fedmeta.deploy.supernode [--poll S] [--app MODULE:ATTR] -- FLOWER-SUPERNODE-ARGS`.
+
+It runs Flower's own `flower-supernode` (same flags, same connection, authentication and
+state) in this process with `--isolation process`, and starts `executor.py` beside it,
+which runs every message in one loaded ClientApp instead of a new process per message.
+The two share a random SuperExec secret (a private file, removed on exit), so no other
+process on the machine can take the node's tasks from its Runtime API.
+
+Flower 1.42's supernode loop also sleeps a literal 3 s between polls of the superlink
+when idle, and waits for each reply in 0.5 s steps (`flwr/supernode/start_client_internal.py`);
+both are capped at `--poll` here (`cap_sleeps`). A small poll costs the superlink one
+request per supernode per poll: keep it around a second with thousands of supernodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+from fedmeta.deploy.executor import STOCK_APP
+
+
+class CappedSleep(types.SimpleNamespace):
+    """The `time` module as one module sees it, with `sleep` capped at `cap` seconds."""
+
+    def __init__(self, cap: float):
+        super().__init__(cap=cap)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def cap_sleeps(poll: float) -> bool:
+    """Cap the sleeps of Flower's supernode loop at `poll`; False where its loop has no
+    `time` to cap (another Flower), which then keeps Flower's own sleeps."""
+    import flwr.supernode.start_client_internal as loop
+
+    if getattr(loop, "time", None) is not time:
+        return False
+    loop.time = CappedSleep(poll)
+    return True
+
+
+def stop_with(executor: subprocess.Popen) -> None:
+    """A supernode whose executor died would take tasks it never answers: it stops too."""
+    code = executor.wait()
+    if code in (-signal.SIGTERM, -signal.SIGINT):  # stopped with the supernode's process group
+        return
+    print(f"fedmeta supernode: the ClientApp executor exited with status {code}", file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def flower_args(args: list[str], secret_file: Path) -> list[str]:
+    """Flower's supernode flags with the isolation this process needs."""
+    return [*args, "--isolation", "process", "--superexec-auth-secret-file", str(secret_file)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, flower = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else ([], argv)
+    parser = argparse.ArgumentParser(prog="python -m fedmeta.deploy.supernode", description=__doc__.splitlines()[0])
+    parser.add_argument("--poll", type=float, default=0.5, help="Seconds between polls (superlink and executor).")
+    parser.add_argument("--app", default=STOCK_APP, help="The node's ClientApp, module:attribute.")
+    args = parser.parse_args(ours)
+    port = argparse.ArgumentParser(add_help=False)
+    port.add_argument("--port", type=int, default=9094)
+    runtime_port = port.parse_known_args(flower)[0].port
+
+    folder = Path(tempfile.mkdtemp(prefix="fedmeta-supernode-"))  # 0700
+    atexit.register(shutil.rmtree, folder, True)
+    secret = folder / "superexec-secret"
+    secret.write_bytes(secrets.token_bytes(32))
+    secret.chmod(0o600)
+    from fedmeta.deploy.launch import die_with_parent
+
+    executor = subprocess.Popen(  # noqa: PLW1509  (prctl, getppid, kill: async-signal-safe)
+        [sys.executable, "-m", "fedmeta.deploy.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+         "--app", args.app, "--secret-file", str(secret), "--poll", str(args.poll), "--parent-pid", str(os.getpid())],
+        preexec_fn=die_with_parent())
+    threading.Thread(target=stop_with, args=(executor,), daemon=True).start()
+    if not cap_sleeps(args.poll):
+        print("fedmeta supernode: this Flower's supernode loop keeps its own sleeps", file=sys.stderr)
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = ["flower-supernode", *flower_args(flower, secret)]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()
