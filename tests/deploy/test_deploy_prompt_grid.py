@@ -5,7 +5,7 @@ arrives; a message nobody answers ends the wait at the timeout; other calls reac
 import time
 from types import SimpleNamespace
 
-from fedmeta.deploy.transport import PromptGrid
+from fedmeta.deploy.prompt import PromptGrid
 
 
 class SlowGrid:

@@ -55,6 +55,37 @@ def fab_clientapp(content: bytes) -> str:
         raise ValueError(f"the run's FAB names no ClientApp ({type(err).__name__}: {err})") from None
 
 
+def pull_task(client: Any, backoff: float) -> tuple[Any, Any, Any]:
+    """The task's message, the node's context and the run's FAB from the Runtime API, as
+    `flwr-clientapp` pulls them, except that an object not yet in the node's store is asked
+    for again after `backoff` s (Flower waits 1 s, doubling): the supernode offers the task
+    before the message's objects have all arrived from the superlink."""
+    from flwr.app import Message
+    from flwr.common.serde import context_from_proto, fab_from_proto
+    from flwr.proto.node_pb2 import Node
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    task = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task.task_id, task.run.run_id, task.context.node_id
+    context = context_from_proto(task.context)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("the supernode offered a task without a message")
+    tree, node = pulled.message_object_trees[0], Node(node_id=context.node_id)
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=backoff, backoff_cap=max(backoff, 1.0))
+    message.metadata.__dict__["_message_id"] = tree.object_id  # a deflated message does not carry its own id
+    return message, context, fab_from_proto(task.fab)
+
+
 class Abandoned:
     """The task's heartbeats; `lost` once the supernode no longer counts the task as running
     (Flower's own heartbeat raises SIGINT there, which would end this long-lived process)."""
@@ -79,7 +110,10 @@ class Executor:
 
     def __init__(self, runtime_api_address: str, app_ref: str = STOCK_APP, secret: bytes | None = None,
                  poll: float = 0.02):
-        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+        from flwr.supercore.interceptors import (
+            RuntimeVersionHttpInterceptor,
+            SuperExecAuthHttpInterceptor,
+        )
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -120,10 +154,13 @@ class Executor:
         from flwr.app.error import Error
         from flwr.common.constant import ErrorCode, SubStatus
         from flwr.supercore.heartbeat import HeartbeatSender
-        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+        from flwr.supercore.interceptors import (
+            RuntimeTokenHttpInterceptor,
+            RuntimeVersionHttpInterceptor,
+        )
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
-        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
         client = RuntimeHttpClient.from_server_address(
             server_address=self.address, insecure=True, root_certificates=None,
@@ -137,7 +174,7 @@ class Executor:
         status, details = SubStatus.FAILED, "ClientApp task failed"
         started = time.perf_counter()
         try:
-            message, context, _, fab = pull_task_input(client)
+            message, context, fab = pull_task(client, self.poll)
             asked = fab_clientapp(fab.content)
             if asked not in self.accepted:
                 raise PermissionError(f"this supernode runs {self.app_ref}; the run's FAB asks for {asked}")

@@ -13,7 +13,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmeta.config import load_config
 from fedmeta.data.table import resolve_schema
-from fedmeta.deploy.transport import FlowerTransport, PromptGrid
+from fedmeta.deploy.prompt import prompt_grid
+from fedmeta.deploy.transport import FlowerTransport
 from fedmeta.errors import ConfigError
 from fedmeta.federated.driver import run_federated
 from fedmeta.federated.runtime import Runtime
@@ -56,7 +57,7 @@ def serve(grid: Grid, rc: Any) -> None:
     most = len(cfg.data.clients) if cfg.data.clients else n  # a table's held-out owners have supernodes too
     if not 1 <= min_nodes <= most:
         raise ConfigError("min-nodes", min_nodes, f"1 to {most} (the supernodes the run can have)")
-    runtime = Runtime(cfg, lambda rt: FlowerTransport(rt.cfg, PromptGrid(grid), min_nodes=min_nodes, wait=wait,
+    runtime = Runtime(cfg, lambda rt: FlowerTransport(rt.cfg, prompt_grid(grid), min_nodes=min_nodes, wait=wait,
                                                       deadline=deadline, data=rt.data))
     run_federated(cfg, run, resume=resume, show_progress=False, runtime=runtime)
     write_report(run.path)

@@ -7,10 +7,9 @@ which runs every message in one loaded ClientApp instead of a new process per me
 The two share a random SuperExec secret (a private file, removed on exit), so no other
 process on the machine can take the node's tasks from its Runtime API.
 
-Flower 1.42's supernode loop also sleeps a literal 3 s between polls of the superlink
-when idle, and waits for each reply in 0.5 s steps (`flwr/supernode/start_client_internal.py`);
-both are capped at `--poll` here (`cap_sleeps`). A small poll costs the superlink one
-request per supernode per poll: keep it around a second with thousands of supernodes.
+Flower's supernode loop waits at most `--poll` s at a time here (`prompt.py`). A small
+poll costs the superlink one request per supernode per poll: keep it around a second
+with thousands of supernodes.
 """
 
 from __future__ import annotations
@@ -25,35 +24,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import types
 from pathlib import Path
 
 from fedmeta.deploy.executor import STOCK_APP
-
-
-class CappedSleep(types.SimpleNamespace):
-    """The `time` module as one module sees it, with `sleep` capped at `cap` seconds."""
-
-    def __init__(self, cap: float):
-        super().__init__(cap=cap)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(time, name)
-
-
-def cap_sleeps(poll: float) -> bool:
-    """Cap the sleeps of Flower's supernode loop at `poll`; False where its loop has no
-    `time` to cap (another Flower), which then keeps Flower's own sleeps."""
-    import flwr.supernode.start_client_internal as loop
-
-    if getattr(loop, "time", None) is not time:
-        return False
-    loop.time = CappedSleep(poll)
-    return True
+from fedmeta.deploy.prompt import prompt_supernode
 
 
 def stop_with(executor: subprocess.Popen) -> None:
@@ -93,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
          "--app", args.app, "--secret-file", str(secret), "--poll", str(args.poll), "--parent-pid", str(os.getpid())],
         preexec_fn=die_with_parent())
     threading.Thread(target=stop_with, args=(executor,), daemon=True).start()
-    if not cap_sleeps(args.poll):
+    if not prompt_supernode(args.poll):
         print("fedmeta supernode: this Flower's supernode loop keeps its own sleeps", file=sys.stderr)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 

@@ -39,33 +39,6 @@ from fedmeta.privacy.secagg.protocol import SecAggAbort, SecAggConfig, SecAggSer
 log = logging.getLogger("fedmeta.deploy")
 
 
-class PromptGrid:
-    """A Flower `Grid` whose `send_and_receive` collects replies as they arrive: it pulls
-    every `interval` seconds, where Flower 1.42's own sleeps 3 s between pulls
-    (`flwr/superlink/grid/http_grid.py`), which rounded every exchange up to 3 s. The rest
-    is the grid's own."""
-
-    def __init__(self, grid: Grid, interval: float = 0.05):
-        self.grid, self.interval = grid, interval
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.grid, name)
-
-    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
-        """Push `messages`, then pull their replies until all came or `timeout` s passed."""
-        waiting = set(self.grid.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
-        received: list[Message] = []
-        while waiting:
-            replies = list(self.grid.pull_messages(waiting))
-            received += replies
-            waiting.difference_update(m.metadata.reply_to_message_id for m in replies)
-            if not waiting or (end is not None and time.monotonic() >= end):
-                break
-            time.sleep(self.interval)
-        return received
-
-
 HELD = "held: "  # a refusal because a live node holds the client: the newcomer is asked again later
 
 
