@@ -162,14 +162,17 @@ def superlink_command(port: int, tls: TLS | None = None, host: str | None = None
 
 
 def supernode_command(superlink: str, port: int, node_config: dict[str, Any], tls: TLS | None = None, *,
-                      auth_key: Path | None = None, poll: float = 0.5, app: str | None = None) -> list[str]:
+                      auth_key: Path | None = None, poll: float = 0.5, app: str | None = None,
+                      stock: bool = False) -> list[str]:
     """Flower's supernode with its ClientApp kept loaded (`supernode.py`): `port` is its
     local Runtime API (one per supernode on a machine); `auth_key`: its OpenSSH EC private
     key, whose public key the superlink has registered; `poll`: seconds between polls;
-    `app`: the owner's own ClientApp (module:attribute) instead of fedmeta's."""
+    `app`: the owner's own ClientApp (module:attribute) instead of fedmeta's. `stock`:
+    Flower's `flower-supernode` as it is (a ClientApp process per message; benchmarks)."""
     config = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())
-    ours = [sys.executable, "-m", "fedmeta.deploy.supernode", "--poll", str(poll), *(["--app", app] if app else [])]
-    cmd = [*ours, "--", "--superlink", superlink, "--port", str(port), "--node-config", config]
+    ours = [sys.executable, "-m", "fedmeta.deploy.supernode", "--poll", str(poll), *(["--app", app] if app else []), "--"]
+    cmd = [*([binary("flower-supernode")] if stock else ours), "--superlink", superlink, "--port", str(port),
+           "--node-config", config]
     cmd += ["--auth-supernode-private-key", str(auth_key)] if auth_key is not None else []
     return [*cmd, "--insecure"] if tls is None else [*cmd, "--root-certificates", str(tls.ca)]
 
@@ -333,7 +336,8 @@ def progress_line(row: dict[str, Any], rounds: int) -> str:
 
 def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir: Path, deadline: float = 3600.0,
               timeout: float = 3600.0, tls: TLS | None = None, owner_files: list[Path] | None = None,
-              logs: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
+              logs: Path | None = None, progress: Callable[[str], None] | None = None,
+              stock_supernodes: bool = False) -> Path:
     """A whole deployment on loopback: superlink (listening on 127.0.0.1 only), `clients`
     supernodes holding clients 0..clients−1 of the config's `partitions` (its
     federated.n_clients) — or, with `owner_files`, one supernode per file reading it as its
@@ -341,7 +345,8 @@ def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir
     there. Every Flower process dies with this one. If the ServerApp fails, its error is
     raised here (bad input as `BadInput`). Flower's logs go to `logs` (default
     `workdir/logs`); `progress` gets one line per metrics row as the run writes it. With
-    `tls`, its certificate must name 127.0.0.1."""
+    `tls`, its certificate must name 127.0.0.1. `stock_supernodes`: Flower's own supernodes
+    (a ClientApp process per message), to compare with."""
     nodes = ([{"partition-id": i, "num-partitions": partitions} for i in range(clients)] if owner_files is None
              else [{"data-file": str(f.resolve())} for f in owner_files])
     check_seconds("--deadline", deadline)
@@ -360,7 +365,8 @@ def run_local(config: Path, out: Path, clients: int, partitions: int, *, workdir
         link = procs.start("superlink", superlink_command(port, tls, LOOPBACK))
         wait_for_port(port, link)
         for i, node in enumerate(nodes):
-            procs.start(f"supernode-{i}", supernode_command(f"{LOOPBACK}:{port}", free_port(), node, tls, poll=LOCAL_POLL))
+            procs.start(f"supernode-{i}", supernode_command(f"{LOOPBACK}:{port}", free_port(), node, tls, poll=LOCAL_POLL,
+                                                            stock=stock_supernodes))
         runner = procs.start("flwr-run", [binary("flwr"), "run", str(app), CONNECTION, "--stream"])
         stop = time.monotonic() + timeout
         while runner.poll() is None and not failure.exists():  # a failed ServerApp may leave `flwr run` waiting
