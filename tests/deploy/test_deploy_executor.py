@@ -60,14 +60,24 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context) -> None:
     stop = time.monotonic() + 60
-    while not (nodes := list(grid.get_node_ids())) and time.monotonic() < stop:
+    while len(nodes := list(grid.get_node_ids())) < 2 and time.monotonic() < stop:
         time.sleep(0.2)
     replies = grid.send_and_receive([Message(RecordDict(), dst_node_id=n, message_type="query") for n in nodes],
                                     timeout=60)
-    out = [{"error": r.has_error(), "reason": r.error.reason if r.has_error() else ""} for r in replies]
+    out = [r.error.reason if r.has_error() else r.content["who"]["app"] for r in replies]
     open(context.run_config["out"], "w").write(json.dumps(out))
 '''
-EVIL = 'open({marker!r}, "w").write("imported")\nfrom flwr.clientapp import ClientApp\napp = ClientApp()\n'
+APP = '''{preamble}
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg, context):
+    return Message(RecordDict({{"who": ConfigRecord({{"app": {who!r}}})}}), reply_to=msg)
+'''
 
 
 def children(pid: int) -> list[int]:
@@ -87,26 +97,33 @@ def executor_of(node_pid: int) -> int:
 
 
 def test_a_node_runs_only_its_own_clientapp_and_guards_its_tasks(tmp_path):
+    """The run's FAB asks for `mine:app` and ships a `mine.py` that would leave a marker if
+    imported. A node running fedmeta's ClientApp refuses the task; a node whose owner runs
+    its own `mine:app` (`--app`) answers with its own module, not the FAB's."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supercore.runtime import RuntimeHttpClient
 
-    marker, out = tmp_path / "imported", tmp_path / "replies.json"
+    marker, out, own = tmp_path / "imported", tmp_path / "replies.json", tmp_path / "owner"
     app = write_app(tmp_path / "app", {"out": str(out)})
-    project = (app / "pyproject.toml").read_text().replace(STOCK_APP, "evil:app")
+    project = (app / "pyproject.toml").read_text().replace(STOCK_APP, "mine:app")
     (app / "pyproject.toml").write_text(project.replace("fedmeta.deploy.serverapp:server_app", "probe:app"))
     (app / "probe.py").write_text(PROBE)
-    (app / "evil.py").write_text(EVIL.format(marker=str(marker)))
-    port, runtime = free_port(), free_port()
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # Flower's superexec
+    (app / "mine.py").write_text(APP.format(preamble=f"open({str(marker)!r}, 'w').write('imported')", who="the server's"))
+    own.mkdir()
+    (own / "mine.py").write_text(APP.format(preamble="", who="the owner's"))
+    port, runtimes = free_port(), [free_port(), free_port()]
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # Flower's superexec
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "PATH": path, "PYTHONPATH": str(own)}
     write_connection(tmp_path / "flwr-home", f"{LOOPBACK}:{port}", None)
     with Processes(tmp_path / "logs", env) as procs:
         link = procs.start("superlink", superlink_command(port))
         wait_for_port(port, link)
-        node = procs.start("supernode", supernode_command(f"{LOOPBACK}:{port}", runtime, {"partition-id": 0}, poll=0.05))
-        wait_for_port(runtime, node)
-        outsider = RuntimeHttpClient.from_server_address(server_address=f"{LOOPBACK}:{runtime}", insecure=True,
+        stock = procs.start("stock", supernode_command(f"{LOOPBACK}:{port}", runtimes[0], {}, poll=0.05))
+        procs.start("owner", supernode_command(f"{LOOPBACK}:{port}", runtimes[1], {}, poll=0.05, app="mine:app"))
+        for runtime in runtimes:
+            wait_for_port(runtime, stock)
+        outsider = RuntimeHttpClient.from_server_address(server_address=f"{LOOPBACK}:{runtimes[0]}", insecure=True,
                                                          root_certificates=None, interceptors=[])
         with pytest.raises(httpx.HTTPStatusError) as refused:  # no SuperExec secret: no task
             outsider.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
@@ -116,11 +133,12 @@ def test_a_node_runs_only_its_own_clientapp_and_guards_its_tasks(tmp_path):
         while not out.exists() and runner.poll() is None and time.monotonic() < stop:
             time.sleep(0.2)
         replies = json.loads(out.read_text())
-        assert [r["error"] for r in replies] == [True]
-        assert f"this supernode runs {STOCK_APP}; the run's FAB asks for evil:app" in replies[0]["reason"]
-        assert not marker.exists()  # the FAB's module was never imported on the node
+        assert len(replies) == 2 and "the owner's" in replies
+        refusal = next(r for r in replies if r != "the owner's")
+        assert f"this supernode runs {STOCK_APP}; the run's FAB asks for mine:app" in refusal
+        assert not marker.exists()  # the FAB's module was never imported on either node
 
-        os.kill(executor_of(node.pid), signal.SIGKILL)
-        node.wait(timeout=30)  # the supernode stops with its executor
-    log = (tmp_path / "logs" / "supernode.log").read_text()
+        os.kill(executor_of(stock.pid), signal.SIGKILL)
+        stock.wait(timeout=30)  # the supernode stops with its executor
+    log = (tmp_path / "logs" / "stock.log").read_text()
     assert "the ClientApp executor exited with status -9" in log
