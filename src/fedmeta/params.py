@@ -9,7 +9,8 @@ clients a round had or in which precision they trained.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,77 @@ from torch import Tensor
 from fedmeta.errors import BadInput
 
 Params = dict[str, Tensor]  # a model's parameters, or an update Δ = θ_local − θ shaped like them
+
+
+class Stacked(Sequence[Params]):
+    """Updates held as one tensor per name with a leading clients axis, (clients, *shape);
+    item i is the i-th update (views), built on access. `weighted_sum` reads the tensors
+    whole instead of stacking the items again."""
+
+    def __init__(self, tensors: Params):
+        self.tensors = tensors
+        self.n = len(next(iter(tensors.values()))) if tensors else 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return {name: t[i] for name, t in self.tensors.items()}
+
+    def take(self, rows: list[int]) -> Stacked:
+        """The updates of `rows` (indices), stacked."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return Stacked({name: t.index_select(0, index) for name, t in self.tensors.items()})
+
+
+class PerClient(Mapping[int, Any]):
+    """Client -> its update (or what stands for it), in the order added; a block of clients'
+    updates may be `Stacked`, its items then built on access."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[list[int], Sequence[Any]]] = []
+        self._at: dict[int, tuple[Sequence[Any], int]] = {}
+
+    def add(self, clients: list[int], values: Sequence[Any]) -> None:
+        """`values[i]` is client `clients[i]`'s."""
+        self.blocks.append((clients, values))
+        self._at.update((c, (values, i)) for i, c in enumerate(clients))
+
+    def __getitem__(self, client: int) -> Any:
+        values, i = self._at[client]
+        return values[i]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def rows(self, clients: list[int]) -> Sequence[Any]:
+        """The values of `clients` in that order, each built on access: the block itself when
+        one `Stacked` block holds exactly them."""
+        if len(self.blocks) == 1 and isinstance(self.blocks[0][1], Stacked) and self.blocks[0][0] == clients:
+            return self.blocks[0][1]
+        return Rows(self, clients)
+
+
+class Rows(Sequence[Any]):
+    """`values[c]` for each c of `clients`, looked up on access."""
+
+    def __init__(self, values: Mapping[int, Any], clients: list[int]):
+        self.values, self.clients = values, clients
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.values[c] for c in self.clients[i]]
+        return self.values[self.clients[i]]
 
 
 def weighted_sum(updates: Sequence[Params], weights: Sequence[float] | Tensor | None = None) -> Params:
@@ -29,7 +101,8 @@ def weighted_sum(updates: Sequence[Params], weights: Sequence[float] | Tensor | 
         raise BadInput("weights", tuple(w.shape), f"shape ({len(updates)},): one weight per update")
     out = {}
     for name, t in updates[0].items():
-        stacked = torch.stack([u[name] for u in updates]).to(torch.float64)  # (clients, *shape); exact
+        rows = updates.tensors[name] if isinstance(updates, Stacked) else torch.stack([u[name] for u in updates])
+        stacked = rows.to(torch.float64, memory_format=torch.contiguous_format)  # (clients, *shape); exact
         out[name] = torch.tensordot(w, stacked, dims=1).to(t.dtype)
     return out
 

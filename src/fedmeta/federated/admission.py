@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmeta.federated.transport import Replies, Summed
-from fedmeta.federated.validation import InvalidUpdate, check_update
+from fedmeta.federated.validation import check_updates
 from fedmeta.ledger.commitments import SignatureRefused, SignedUpdate, UpdateVerifier, commitment
-from fedmeta.params import Params
+from fedmeta.params import Params, PerClient
 
 log = logging.getLogger("fedmeta.federated")
 
@@ -26,7 +26,7 @@ log = logging.getLogger("fedmeta.federated")
 class Admitted:
     """What a round may aggregate, and what happened to the rest."""
 
-    updates: dict[int, Params] = field(default_factory=dict)  # decoded, by client (in-the-clear replies)
+    updates: PerClient = field(default_factory=PerClient)  # decoded, by client (in-the-clear replies)
     weights: dict[int, float] = field(default_factory=dict)
     reports: dict[int, float] = field(default_factory=dict)
     summed: Summed | None = None
@@ -69,21 +69,21 @@ class Admission:
     def __call__(self, replies: Replies, round_: int, params: Params) -> Admitted:
         out = Admitted(summed=replies.summed, refused=list(replies.refused.values()))
         out.rejected = {c: f"{r['reason']}: {r['detail']}" for c, r in replies.refused.items()}
-        for cid, reply in replies.replies.items():
-            if replies.summed is not None:  # masked inputs: signatures were checked on the way
-                continue
-            refusal = self.check_signature(round_, replies.attempt, cid, reply.data, reply.signed)
-            if refusal is not None:
-                out.rejected[cid] = f"{refusal['reason']}: {refusal['detail']}"
-                out.refused.append(refusal)
-                log.warning("round %d: %s", round_, refusal["detail"])
-                continue
-            try:
-                out.updates[cid] = check_update(str(cid), reply.data, params)
-            except InvalidUpdate as err:
-                out.rejected[cid] = err.reason
-                log.warning("round %d: %s", round_, err)
-                continue
-            out.weights[cid], out.reports[cid] = reply.weight, reply.report
+        if replies.summed is None:  # masked inputs: signatures were checked on the way
+            refusals = {cid: self.check_signature(round_, replies.attempt, cid, reply.data, reply.signed)
+                        for cid, reply in replies.replies.items()}
+            out.updates, invalid = check_updates({c: r.data for c, r in replies.replies.items() if refusals[c] is None},
+                                                 params)
+            for cid, reply in replies.replies.items():
+                refusal, err = refusals[cid], invalid.get(cid)
+                if refusal is not None:
+                    out.rejected[cid] = f"{refusal['reason']}: {refusal['detail']}"
+                    out.refused.append(refusal)
+                    log.warning("round %d: %s", round_, refusal["detail"])
+                elif err is not None:
+                    out.rejected[cid] = err.reason
+                    log.warning("round %d: %s", round_, err)
+                else:
+                    out.weights[cid], out.reports[cid] = reply.weight, reply.report
         out.commitments = {str(c): commitment(r.data) for c, r in replies.replies.items() if c not in out.rejected}
         return out

@@ -16,6 +16,7 @@ own rows and the transport hands over the unmasked sum (`finish_sum`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ from fedmeta.errors import BadInput, shown
 from fedmeta.federated.dp_fedavg import UNCLIPPED, ClientLevelDP
 from fedmeta.federated.encrypted import HEStats, KeySetup, distribute_keys, encrypted_weighted_sum
 from fedmeta.federated.registry import build
-from fedmeta.federated.robust import ROBUST, Aggregator
+from fedmeta.federated.robust import ROBUST, Aggregator, Mean
 from fedmeta.federated.secure import secure_weighted_sum, weight_scale
 from fedmeta.params import Params, clip, weighted_sum
 
@@ -93,9 +94,10 @@ class RobustMean:
     rule: Aggregator
     secure = False
 
-    def __call__(self, updates: list[Params], weights: list[float], reports: list[float],
+    def __call__(self, updates: Sequence[Params], weights: list[float], reports: list[float],
                  rng: np.random.Generator) -> Aggregate:
-        return Aggregate(self.rule(updates, weights))
+        """The mean reads `Stacked` updates whole; any other rule gets them as a list."""
+        return Aggregate(self.rule(updates if isinstance(self.rule, Mean) else list(updates), weights))
 
 
 @dataclass
@@ -117,7 +119,7 @@ class SecureMean:
     def row(self, update: Params, report: float) -> Params:
         return update
 
-    def __call__(self, updates: list[Params], weights: list[float], reports: list[float],
+    def __call__(self, updates: Sequence[Params], weights: list[float], reports: list[float],
                  rng: np.random.Generator) -> Aggregate:
         total, weight, costs = self.inner(updates, self.weights(weights), self.clip())
         return Aggregate(self.finish_sum(total, weight, rng).delta, None, costs)
@@ -149,7 +151,7 @@ class DPMean:
     def row(self, update: Params, report: float) -> Params:
         return self.dp.row(update, report)
 
-    def __call__(self, updates: list[Params], weights: list[float], reports: list[float],
+    def __call__(self, updates: Sequence[Params], weights: list[float], reports: list[float],
                  rng: np.random.Generator) -> Aggregate:
         if self.inner is None:
             local = self.dp.placement == "local"  # each update noised already (see the docstring)

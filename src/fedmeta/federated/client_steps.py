@@ -30,7 +30,7 @@ from fedmeta.federated.dp_fedavg import ClientLevelDP
 from fedmeta.federated.wire import encode
 from fedmeta.ledger.commitments import SignedUpdate, sign_update
 from fedmeta.ledger.keys import load_private_key
-from fedmeta.params import Params
+from fedmeta.params import Params, Stacked
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,12 @@ class Compress:
         payload, state = self.codec.encode(upload.delta, state, ctx.generator)
         return replace(upload, data=encode(payload)), state
 
+    def encode_rows(self, deltas: Stacked) -> list[bytes] | None:
+        """Every stacked update's bytes in one pass, where the codec can (stateless, no
+        randomness: no compression); else None."""
+        rows = getattr(self.codec, "encode_rows", None)
+        return None if rows is None else rows(deltas.tensors)
+
 
 @dataclass
 class Sign(Stateless):
@@ -125,12 +131,36 @@ class Pipeline:
         return {name: step.init(params) for name, step in self.steps.items()}
 
     def __call__(self, upload: Upload, states: dict[str, Any] | None, ctx: Context) -> tuple[Upload, dict[str, Any]]:
+        states = self._states(states, ctx)
+        for name, step in self.steps.items():
+            upload, states[name] = step.apply(upload, states[name], ctx)
+        return upload, states
+
+    def batch(self, clients: list[int], deltas: Stacked, states: dict[int, dict[str, Any]],
+              ctx: Context) -> list[Upload] | None:
+        """The clients' uploads as `self` makes each, the first step encoding all the stacked
+        updates in one pass (the uploads carry the bytes only), and `states[c]` updated; None
+        unless that first step can (`Compress.encode_rows`)."""
+        (_, first), *rest = self.steps.items()
+        encoded = first.encode_rows(deltas) if isinstance(first, Compress) else None
+        if encoded is None:
+            return None
+        uploads = []
+        for c, data in zip(clients, encoded, strict=True):
+            upload, state = Upload(c, {}, data), self._states(states.get(c), ctx)
+            for name, step in rest:
+                upload, state[name] = step.apply(upload, state[name], ctx)
+            states[c] = state
+            uploads.append(upload)
+        return uploads
+
+    def _states(self, states: dict[str, Any] | None, ctx: Context) -> dict[str, Any]:
+        """A copy of one client's step states, each missing one made by its step's `init`."""
         states = dict(states) if states is not None else self.init(ctx.params)
         for name, step in self.steps.items():
             if name not in states:
                 states[name] = step.init(ctx.params)
-            upload, states[name] = step.apply(upload, states[name], ctx)
-        return upload, states
+        return states
 
     def without(self, name: str) -> Pipeline:
         return Pipeline({k: v for k, v in self.steps.items() if k != name})

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmeta.federated.wire import Encoded, raw
+from fedmeta.federated.wire import Encoded, encode_rows, raw
 from fedmeta.meta.base import Params
 
 
@@ -28,6 +28,10 @@ class NoCompression:
 
     def encode(self, delta: Params, state: Any, generator: torch.Generator) -> tuple[dict[str, Encoded], Any]:
         return {k: raw(v) for k, v in delta.items()}, state
+
+    def encode_rows(self, stacked: Params) -> list[bytes]:
+        """The bytes of each update stacked (clients, *shape), as `encode` then `wire.encode`."""
+        return encode_rows(stacked)
 
 
 @dataclass(frozen=True)

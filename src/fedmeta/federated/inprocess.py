@@ -10,7 +10,7 @@ training clients runs a simulated attack instead of the DP step.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from fedmeta.federated.registry import build
 from fedmeta.federated.sampling import ATTACKERS, CLIENT, generator, generators
 from fedmeta.federated.training import Training
 from fedmeta.federated.transport import Broadcast, Replies, Reply
+from fedmeta.params import PerClient, Stacked
 from fedmeta.privacy.noise import rng_for
 
 log = logging.getLogger("fedmeta.federated")
@@ -46,6 +47,12 @@ def key_lookup(folder: str | None) -> Callable[[int], Path | None]:
         return path if path is not None and path.is_file() else None
 
     return key_for
+
+
+def failures(deltas: PerClient) -> set[int]:
+    """The clients whose local procedure raised (a stacked block holds none)."""
+    return {c for ids, results in deltas.blocks if not isinstance(results, Stacked)
+            for c, d in zip(ids, results, strict=True) if isinstance(d, Exception)}
 
 
 class InProcess:
@@ -73,18 +80,33 @@ class InProcess:
         stream = streams.__getitem__ if self.client_streams else None
         deltas = self.training.deltas(active, b.params, gen, lambda c: rng_for(self.noise_seed, round_, c + 1) if seeded else None,
                                       stream)
-        honest = [d for c, d in deltas.items() if c not in self.malicious and not isinstance(d, Exception)]
+        failed = failures(deltas)
+        honest = [c for c in deltas if c not in self.malicious and c not in failed]
         ctx = Context(b.params, round_, attempt, gen, lambda c: rng_for(self.noise_seed, round_, c + 1),
-                      b.clip_norm, b.run_id, honest)
-        for cid, result in deltas.items():
-            if isinstance(result, Exception):
-                out.dropped[cid] = f"failed: {type(result).__name__}: {result}"
-                log.warning("round %d: client %d failed: %s", round_, cid, result)
-                continue
-            pipeline = self.attacker if cid in self.malicious else self.pipeline
-            upload, self.states[cid] = pipeline(Upload(cid, result), self.states.get(cid), ctx)
-            weight = float(getattr(self.training.clients[cid], "n_examples", 1))
-            out.replies[cid] = Reply(upload.data, weight, upload.report, upload.signed)
+                      b.clip_norm, b.run_id, deltas.rows(honest))
+        for ids, results in deltas.blocks:
+            uploads = self._batch(ids, results, ctx)
+            for i, cid in enumerate(ids):
+                upload = uploads[i] if uploads is not None else self._upload(cid, results[i], ctx, out)
+                if upload is not None:
+                    weight = float(getattr(self.training.clients[cid], "n_examples", 1))
+                    out.replies[cid] = Reply(upload.data, weight, upload.report, upload.signed)
         if self.malicious:
             out.malicious = len(self.malicious.intersection(out.replies))
         return out
+
+    def _batch(self, ids: list[int], results: Sequence[Any], ctx: Context) -> list[Upload] | None:
+        """A stacked block's uploads in one pass (`Pipeline.batch`), when no attacker is among them."""
+        if not isinstance(results, Stacked) or not self.malicious.isdisjoint(ids):
+            return None
+        return self.pipeline.batch(ids, results, self.states, ctx)
+
+    def _upload(self, cid: int, result: Any, ctx: Context, out: Replies) -> Upload | None:
+        """One client's upload through its pipeline, or None (its failure recorded in `out`)."""
+        if isinstance(result, Exception):
+            out.dropped[cid] = f"failed: {type(result).__name__}: {result}"
+            log.warning("round %d: client %d failed: %s", ctx.round, cid, result)
+            return None
+        pipeline = self.attacker if cid in self.malicious else self.pipeline
+        upload, self.states[cid] = pipeline(Upload(cid, result), self.states.get(cid), ctx)
+        return upload

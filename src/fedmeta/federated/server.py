@@ -89,7 +89,7 @@ class Server:
             out = self.aggregation.finish_sum(admitted.summed.total, admitted.summed.weight, rng)
         else:
             ids = sorted(admitted.updates)
-            out = self.aggregation([admitted.updates[c] for c in ids], [admitted.weights[c] for c in ids],
+            out = self.aggregation(admitted.updates.rows(ids), [admitted.weights[c] for c in ids],
                                    [admitted.reports.get(c, 0.0) for c in ids], rng)
         if out.event is None:
             out.event = self.client_event()

@@ -34,9 +34,9 @@ from fedmeta.federated.perfedavg import PerFedAvg
 from fedmeta.federated.private_client import PrivateLocal
 from fedmeta.meta import MetaLearner
 from fedmeta.meta.base import batching_for
-from fedmeta.params import Params
+from fedmeta.params import Params, PerClient, Stacked
 
-Deltas = dict[int, Params | Exception]
+Deltas = PerClient  # client -> its Δ (Params) or the exception it raised
 FIELDS = ("xs", "ys", "xq", "yq")
 
 
@@ -124,28 +124,31 @@ class Training:
     def deltas(self, ids: list[int], params: Params, gen: torch.Generator,
                noise: Callable[[int], np.random.Generator | None],
                stream: Callable[[int], torch.Generator] | None = None) -> Deltas:
-        """Each client's Δ on the CPU (or the exception it raised). `params` (on the CPU) is
-        copied to the device once; `noise(c)`: client c's DP noise source; `stream(c)`:
-        client c's episode stream (default: `gen` for every client)."""
+        """Each client's Δ on the CPU (or the exception it raised), a vmapped chunk's held
+        `Stacked`. `params` (on the CPU) is copied to the device once; `noise(c)`: client
+        c's DP noise source; `stream(c)`: client c's episode stream (default: `gen` for
+        every client)."""
         params = to_device(params, self.device)
+        out = PerClient()
         if self.private:
-            out: Deltas = {}
+            results = []
             for c, n in zip(ids, self.steps(len(ids), gen).tolist(), strict=True):
                 try:
-                    out[c] = to_cpu(self.procedure.run(params, self.clients[c], n, noise(c)))
+                    results.append(to_cpu(self.procedure.run(params, self.clients[c], n, noise(c))))
                 except Exception as err:  # a failing client is dropped from the round
-                    out[c] = err
+                    results.append(err)
+            out.add(ids, results)
             return out
         work = self.episodes(ids, gen, stream)
         if self.batching == "loop":
-            return self._looped(ids, params, work)
-        out = {}
+            out.add(ids, self._looped(ids, params, work))
+            return out
         for i in range(0, len(ids), self.chunk):
             part = ids[i : i + self.chunk]
             try:
-                out.update(self._vmapped(part, params, work))
+                out.add(part, self._vmapped(part, params, work))
             except Exception:  # one bad client must not sink the others: retry one by one
-                out.update(self._looped(part, params, work))
+                out.add(part, self._looped(part, params, work))
         return out
 
     def episodes(self, ids: list[int], gen: torch.Generator,
@@ -175,7 +178,7 @@ class Training:
         return Episodes(ids, steps, stacked=TaskBatch(*(t.reshape(len(ids), *shape, *t.shape[2:])
                                                         for t in (b.xs, b.ys, b.xq, b.yq))))
 
-    def _vmapped(self, ids: list[int], params: Params, work: Episodes) -> Deltas:
+    def _vmapped(self, ids: list[int], params: Params, work: Episodes) -> Stacked:
         eps, steps = work.batch(ids)
         eps, steps = batch_to(eps, self.device), torch.tensor(steps, device=self.device)
 
@@ -183,17 +186,14 @@ class Training:
             return local_update(self.procedure, params, TaskBatch(xs, ys, xq, yq), n)
 
         deltas = vmap(one)(eps.xs, eps.ys, eps.xq, eps.yq, steps)  # each (clients, *shape)
-        deltas = to_cpu({k: v.detach() for k, v in deltas.items()})  # one transfer per tensor
-        names = list(deltas)
-        rows = zip(*(deltas[k].unbind(0) for k in names), strict=True)  # each client's tensors, as views
-        return {c: dict(zip(names, row, strict=True)) for c, row in zip(ids, rows, strict=True)}
+        return Stacked(to_cpu({k: v.detach() for k, v in deltas.items()}))  # one transfer per tensor
 
-    def _looped(self, ids: list[int], params: Params, work: Episodes) -> Deltas:
-        out: Deltas = {}
+    def _looped(self, ids: list[int], params: Params, work: Episodes) -> list[Params | Exception]:
+        out: list[Params | Exception] = []
         for c in ids:
             try:
                 episodes, n = batch_to(work[c][0], self.device), torch.tensor(work[c][1], device=self.device)
-                out[c] = to_cpu({k: v.detach() for k, v in local_update(self.procedure, params, episodes, n).items()})
+                out.append(to_cpu({k: v.detach() for k, v in local_update(self.procedure, params, episodes, n).items()}))
             except Exception as err:  # a failing client is dropped from the round
-                out[c] = err
+                out.append(err)
         return out

@@ -8,9 +8,20 @@ values than the model has is refused before anything is allocated for them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
+
 from fedmeta.errors import FedmetaError
-from fedmeta.federated.wire import MalformedUpdate, NonFiniteValues, UnexpectedLayout, decode
+from fedmeta.federated.wire import (
+    MalformedUpdate,
+    NonFiniteValues,
+    UnexpectedLayout,
+    decode,
+    decode_rows,
+)
 from fedmeta.meta.base import Params
+from fedmeta.params import PerClient, Stacked
 
 
 class InvalidUpdate(FedmetaError):
@@ -27,3 +38,30 @@ def check_update(client: str, data: bytes, reference: Params) -> Params:
         raise InvalidUpdate(client, str(err)) from None
     except MalformedUpdate as err:
         raise InvalidUpdate(client, f"malformed: {err}") from None
+
+
+def check_updates(data: Mapping[int, bytes], reference: Params) -> tuple[PerClient, dict[int, InvalidUpdate]]:
+    """`check_update` of each client's bytes: the valid updates, by client (stacked when the
+    messages share one header of raw values, as a round's clients do), and the others' errors."""
+    expected = {name: tuple(t.shape) for name, t in reference.items()}
+    clients, out, errors = list(data), PerClient(), {}
+    rows = decode_rows(list(data.values()), expected)
+    if rows is None:
+        valid = {}
+        for c in clients:
+            try:
+                valid[c] = check_update(str(c), data[c], reference)
+            except InvalidUpdate as err:
+                errors[c] = err
+        out.add(list(valid), list(valid.values()))
+        return out, errors
+    arrays, finite = rows
+    ok = finite.tolist()
+    for c in (c for c, good in zip(clients, ok, strict=True) if not good):
+        try:
+            check_update(str(c), data[c], reference)
+        except InvalidUpdate as err:  # always: its values are not all finite
+            errors[c] = err
+    out.add([c for c, good in zip(clients, ok, strict=True) if good],
+            Stacked({name: torch.from_numpy(a) for name, a in arrays.items()}))
+    return out, errors

@@ -15,7 +15,7 @@ import json
 import math
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -49,6 +49,16 @@ def encode(tensors: dict[str, Encoded]) -> bytes:
     )
     blobs = [p.tobytes() for ps in parts for p in ps]
     return _header(layout) + b"".join(blobs)
+
+
+def encode_rows(stacked: Mapping[str, Tensor]) -> list[bytes]:
+    """`encode({name: raw(t[i])})` for every row i of tensors stacked (clients, *shape), in
+    one pass: the rows share one header and their values are laid out together."""
+    names = sorted(stacked)
+    n = len(stacked[names[0]])
+    values = [_little(stacked[k].detach().to(torch.float32).reshape(n, -1).numpy()) for k in names]  # (clients, size)
+    head = _header(tuple((k, "raw", tuple(stacked[k].shape[1:]), (("<f4", v[0].nbytes),)) for k, v in zip(names, values)))
+    return [b"".join([head, *(v[i] for v in values)]) for i in range(n)]
 
 
 def _little(p: np.ndarray) -> np.ndarray:
@@ -118,6 +128,34 @@ def decode(data: bytes, expected: Mapping[str, tuple[int, ...]] | None = None) -
         raise
     except Exception as err:  # any parse failure of untrusted bytes
         raise MalformedUpdate(f"{type(err).__name__}: {err}") from None
+
+
+def decode_rows(data: Sequence[bytes], expected: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """Messages of one layout of raw tensors decoded together, as `decode(d, expected)`
+    decodes each: name -> (finite messages, *shape) in header order, and which messages
+    hold only finite values (each array a view of one buffer of all rows); None unless all
+    share one well-formed header of raw tensors and its length (then decode each, for its
+    own verdict)."""
+    first = data[0] if data else b""
+    if len(first) < 8 or first[:4] != MAGIC:
+        return None
+    n, shapes = struct.unpack(">I", first[4:8])[0], tuple(expected.items())
+    prefix = bytes(first[: 8 + n])
+    try:
+        header, body = _plan(prefix[8:], shapes) if n <= _header_bound(shapes) else (None, 0)
+    except Exception:  # a malformed header: each message's decode says why
+        return None
+    if header is None or any(kind != "raw" for _, kind, _, _ in header):
+        return None
+    if not all(len(d) == 8 + n + body and d[: 8 + n] == prefix for d in data):
+        return None
+    values = np.frombuffer(bytearray().join(memoryview(d)[8 + n :] for d in data), "<f4").reshape(len(data), -1)
+    finite = np.isfinite(values.sum(axis=1, dtype=np.float64))  # float32 values: a finite row's sum is finite
+    if not finite.all():
+        values = values[finite]
+    arrays = {name: values[:, offset // 4 : offset // 4 + count].reshape(len(values), *shape)
+              for name, _, shape, ((_, count, offset),) in header}
+    return arrays, finite
 
 
 @functools.lru_cache(maxsize=64)
