@@ -5,7 +5,7 @@ for each secure aggregation setting, all in one run.
 Config: the test config of `tests/deploy` (synthetic data, 3 clients, 2 per round, MLP
 16-16 with 1,418 parameters, FOMAML, example-level DP), three supernodes and a superlink
 on this machine. A round's time is the difference of `summary.json`'s seconds between a
-4-round and a 2-round run, over 2 (start-up and the first evaluation cancel out); each
+6-round and a 2-round run, over 4 (start-up and the first evaluation cancel out); each
 exchange's seconds come from `metrics.jsonl` (`secagg_exchange_seconds`, `he_exchange_seconds`).
 
     .venv/bin/python benchmarks/deploy_rounds.py                 # all three settings, both supernodes
@@ -81,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
     parser.add_argument("--no-stock", action="store_true", help="Skip Flower's own supernodes (slow).")
+    parser.add_argument("--rounds", nargs=2, type=int, default=[2, 6], help="The two run lengths.")
     args = parser.parse_args()
     logging.getLogger("absl").setLevel(logging.ERROR)
     os.environ.setdefault("FEDMETA_HOME", tempfile.mkdtemp(prefix="fedmeta-home-"))
@@ -95,19 +96,20 @@ def main() -> None:
             privacy, _ = SCHEMES[scheme]
             for name, run in runtimes.items():
                 took, exchanges = {}, []
-                for rounds in (2, 4):
+                for rounds in args.rounds:
                     folder = Path(tmp) / f"{scheme}-{name.split()[0]}-{rounds}"
                     start = time.perf_counter()
                     took[rounds], exchanges = run(make_config(privacy=privacy, rounds=rounds), folder)
                     print(f"{scheme:8} {name:20} {rounds} rounds: {took[rounds]:.2f} s run, "
                           f"{time.perf_counter() - start:.1f} s wall", file=sys.stderr)
-                per_round[scheme, name] = (took[4] - took[2]) / 2
+                short, long = args.rounds
+                per_round[scheme, name] = (took[long] - took[short]) / (long - short)
                 median = f"{statistics.median(exchanges):.3f}" if exchanges else "-"
-                rows.append([scheme, name, f"{took[2]:.2f}", f"{took[4]:.2f}", f"{per_round[scheme, name]:.3f}", "",
+                rows.append([scheme, name, f"{took[short]:.2f}", f"{took[long]:.2f}", f"{per_round[scheme, name]:.3f}", "",
                              median])
     for row in rows:  # ratios to the in-process round, now that every one is known
         row[5] = f"{per_round[row[0], row[1]] / per_round[row[0], 'in-process']:.1f}x"
-    print_table(["secure_aggregation", "runtime", "2 rounds: s", "4 rounds: s", "s / round", "vs in-process",
+    print_table(["secure_aggregation", "runtime", f"{args.rounds[0]} rounds: s", f"{args.rounds[1]} rounds: s", "s / round", "vs in-process",
                  "median s / exchange"], rows)
     if "off" in args.schemes:
         for name in runtimes:

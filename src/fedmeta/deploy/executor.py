@@ -6,7 +6,7 @@ imports torch, flwr and fedmeta and rebuilds the config's data before it can ans
 message and the node's context, run the app, push the reply and the context;
 `flwr/supernode/runtime/run_clientapp.py`) for every task of every run, in one process
 started with the supernode (`supernode.py`), asking the supernode's Runtime API for work
-every `poll` seconds with the supernode's SuperExec secret.
+(on a `prompt.Backoff` up to `poll` s) with the supernode's SuperExec secret.
 
 The app is the node's own: `fedmeta.deploy.clientapp:client_app` unless the owner names
 another module (`--app`). Nothing the server ships in the run's FAB is installed or
@@ -26,6 +26,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from fedmeta.deploy.prompt import Backoff
 
 STOCK_APP = "fedmeta.deploy.clientapp:client_app"
 log = logging.getLogger("fedmeta.executor")
@@ -109,7 +111,7 @@ class Executor:
     """Runs the supernode's ClientApp tasks one after another in this process."""
 
     def __init__(self, runtime_api_address: str, app_ref: str = STOCK_APP, secret: bytes | None = None,
-                 poll: float = 0.02):
+                 poll: float = 0.5):
         from flwr.supercore.interceptors import (
             RuntimeVersionHttpInterceptor,
             SuperExecAuthHttpInterceptor,
@@ -138,14 +140,16 @@ class Executor:
         return res.token if res.HasField("task") and res.token else None
 
     def serve(self, stop: threading.Event | None = None) -> None:
-        """Ask for work every `poll` s and run each task, until `stop` is set."""
-        stop = stop or threading.Event()
+        """Ask for work on a `Backoff` up to `poll` s, reset by each task, and run each
+        task, until `stop` is set."""
+        stop, backoff = stop or threading.Event(), Backoff(self.poll)
         while not stop.is_set():
             token = self.acquire()
             if token is None:
-                stop.wait(self.poll)
+                stop.wait(backoff())
             else:
                 self.run_task(token)
+                backoff.reset()
 
     def run_task(self, token: str) -> None:
         """One token, as `flwr-clientapp` runs it: the reply (or an error reply) and the
@@ -174,7 +178,7 @@ class Executor:
         status, details = SubStatus.FAILED, "ClientApp task failed"
         started = time.perf_counter()
         try:
-            message, context, fab = pull_task(client, self.poll)
+            message, context, fab = pull_task(client, Backoff.LOW)
             asked = fab_clientapp(fab.content)
             if asked not in self.accepted:
                 raise PermissionError(f"this supernode runs {self.app_ref}; the run's FAB asks for {asked}")
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runtime-api-address", required=True, help="The supernode's Runtime API (host:port).")
     parser.add_argument("--app", default=STOCK_APP, help="The node's ClientApp, module:attribute.")
     parser.add_argument("--secret-file", type=Path, help="The SuperExec secret the supernode was given.")
-    parser.add_argument("--poll", type=float, default=0.02, help="Seconds between requests for work.")
+    parser.add_argument("--poll", type=float, default=0.5, help="The longest wait between requests for work (s).")
     parser.add_argument("--parent-pid", type=int, help="Exit when this process (the supernode) is gone.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s executor %(levelname)s %(message)s")

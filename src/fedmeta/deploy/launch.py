@@ -38,7 +38,7 @@ CONNECTION = "fedmeta"  # the connection name written into $FLWR_HOME/config.tom
 # Flower's superexec, which starts the superlink's ServerApp process, asks for work every 1 s
 # by default (flwr/supercore/superexec/run_superexec.py)
 PROMPT_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
-LOCAL_POLL = 0.02  # seconds between a loopback supernode's polls: three supernodes, one machine
+LOCAL_POLL = 0.2  # the longest wait between a loopback supernode's polls (prompt.Backoff)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, flower = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else ([], argv)
     parser = argparse.ArgumentParser(prog="python -m fedmeta.deploy.supernode", description=__doc__.splitlines()[0])
-    parser.add_argument("--poll", type=float, default=0.5, help="Seconds between polls (superlink and executor).")
+    parser.add_argument("--poll", type=float, default=0.5, help="The longest wait between polls for work (s).")
     parser.add_argument("--app", default=STOCK_APP, help="The node's ClientApp, module:attribute.")
     args = parser.parse_args(ours)
     port = argparse.ArgumentParser(add_help=False)
