@@ -29,7 +29,7 @@ from fedmeta.deploy.messages import (
     check_deployable,
     train_reply,
 )
-from fedmeta.deploy.secagg import MASKED_INPUT, PAYLOAD, PROTOCOL, SHARE_KEYS, UNMASK
+from fedmeta.deploy.secagg import MASKED_INPUT, PROTOCOL, SHARE_KEYS, UNMASK
 from fedmeta.errors import ConfigError
 from fedmeta.federated.client_steps import ClientStep, Upload
 from fedmeta.federated.client_steps import Context as StepContext
@@ -189,7 +189,7 @@ class ClientHandlers:
         kind, mine = msg.metadata.message_type, context.state.get(secagg.SECAGG)
         data = secagg.step(kind, context.state, msg.content)
         signed = None
-        if kind == MASKED_INPUT and (run_id := str(msg.content[PAYLOAD].get("run_id", ""))) and str(mine["key"]):
+        if kind == MASKED_INPUT and (run_id := str(msg.content[PROTOCOL].get("run_id", ""))) and str(mine["key"]):
             key = load_private_key(Path(str(mine["key"])))
             signed = sign_update(key, run_id, int(mine["round"]), str(int(mine["client"])), data, int(mine["attempt"]))
         return Message(train_reply(int(mine["client"]), Reply(data, 0.0, 0.0, signed)), reply_to=msg)

@@ -29,7 +29,7 @@ from fedmeta.privacy.secagg.protocol import SecAggClient, SecAggConfig
 
 SHARE_KEYS, MASKED_INPUT, UNMASK = "train.share_keys", "train.masked_input", "train.unmask"
 SECAGG, ROW = "fedmeta.secagg", "fedmeta.secagg.row"  # the node's secrets and its summand, in its Flower context
-PROTOCOL, PAYLOAD = "secagg", "payload"  # message records: public parameters, protocol bytes
+PROTOCOL = "secagg"  # the message record: public parameters, and the phase's protocol bytes (`data`)
 
 
 class KeyStream:
@@ -61,8 +61,9 @@ def config_of(header: dict[str, Any]) -> SecAggConfig:
 
 
 def request(header: dict[str, Any], payload: bytes, **extra: Any) -> RecordDict:
-    """A server → client message of phases 1-3."""
-    return RecordDict({PROTOCOL: ConfigRecord(header), PAYLOAD: ConfigRecord({"data": payload, **extra})})
+    """A server → client message of phases 1-3: one record (each record is one more object
+    Flower pushes and pulls over HTTP)."""
+    return RecordDict({PROTOCOL: ConfigRecord({**header, "data": payload, **extra})})
 
 
 def start(state: RecordDict, header: dict[str, Any], cid: int, row: Params, keep: dict[str, Any]) -> bytes:
@@ -87,13 +88,13 @@ def step(kind: str, state: RecordDict, content: RecordDict) -> bytes:
     client = SecAggClient(config_of({**kept, "session": mine["session"]}), cid,
                           _randbytes=KeyStream(bytes(mine["seed"])))
     client.advertise()
-    payload = bytes(content[PAYLOAD]["data"])
+    payload = bytes(header["data"])
     if kind == SHARE_KEYS:
         mine["broadcast"] = payload
         return client.share_keys(payload)
     client.share_keys(bytes(mine["broadcast"]))
     if kind == MASKED_INPUT:
-        mine["delivery"], mine["scaled"] = payload, float(content[PAYLOAD]["weight"])
+        mine["delivery"], mine["scaled"] = payload, float(header["weight"])
     row = weighted_rows([in_order(state[ROW].to_torch_state_dict())], [float(mine["scaled"])])[0]  # (dim,)
     masked = client.masked_input(bytes(mine["delivery"]), row)
     if kind == MASKED_INPUT:
@@ -103,4 +104,4 @@ def step(kind: str, state: RecordDict, content: RecordDict) -> bytes:
     return shares
 
 
-__all__ = ["KeyStream", "MASKED_INPUT", "SHARE_KEYS", "UNMASK", "config_header", "config_of", "request", "start", "step"]
+__all__ = ["KeyStream", "MASKED_INPUT", "PROTOCOL", "SHARE_KEYS", "UNMASK", "config_header", "config_of", "request", "start", "step"]
