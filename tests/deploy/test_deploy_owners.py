@@ -169,7 +169,7 @@ def load_config_from(base: dict, *, path, schema: bool) -> Config:
     return resolve_config({**base, "data": data})
 
 
-@pytest.mark.slow  # about 3 minutes: every message starts a ClientApp process
+@pytest.mark.slow  # a superlink and four real supernodes
 def test_deploy_local_with_owners_files_runs_real_supernodes_each_on_its_file(owners, tmp_path, monkeypatch):
     """Flower's own processes: a superlink, four supernodes each given one file, the
     ServerApp on the schema alone; the same model and figures as the in-process run."""
