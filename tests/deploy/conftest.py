@@ -141,7 +141,7 @@ def plaintext_updates():
     """`recompute(grid, round_=1)`: each sampled client's update, weight and report of that
     round, recomputed in the clear from the train messages the server sent."""
     from fedmeta.deploy.clientapp import client_update
-    from fedmeta.deploy.messages import HEADER, PARAMS, read_reply
+    from fedmeta.deploy.messages import HEADER, read_params, read_reply
     from fedmeta.federated.wire import decode
 
     def recompute(grid, round_=1):
@@ -153,7 +153,7 @@ def plaintext_updates():
                 continue
             header = dict(m.content[HEADER])
             node_config = grid.contexts[m.metadata.dst_node_id].node_config
-            reply = client_update(header, m.content[PARAMS].to_torch_state_dict(), dict(node_config), RecordDict())
+            reply = client_update(header, read_params(m.content), dict(node_config), RecordDict())
             cid, got = read_reply(reply)
             out[cid] = (decode(got.data), got.weight, got.report)
         return out

@@ -165,3 +165,31 @@ def test_a_client_refuses_a_config_other_than_its_pinned_copy(config, grid_facto
     with pytest.raises(FedmetaError, match="no supernode joined the run .*pinned its own copy"):
         deployed(changed, grid, min_nodes=2, wait=1)
     assert "pinned" in grid.replies[-1].error.reason
+
+
+def test_the_parameters_travel_as_one_array_and_come_back_exactly():
+    """One array for the model (Flower moves each object of a message with its own HTTP
+    request): the client reads back the server's tensors bit for bit, names and shapes
+    included; an array that does not fit its layout is refused; mixed dtypes keep one
+    array per tensor."""
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from fedmeta.deploy.messages import HEADER, LAYOUT, PARAMS, params_records, read_params
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    params = {k: torch.randn_like(v) for k, v in net.named_parameters()}
+    layout, record = params_records(params)
+    content = RecordDict({HEADER: ConfigRecord(layout), PARAMS: record})
+    got = read_params(content)
+    assert list(got) == list(params) and all(torch.equal(got[k], params[k]) for k in params)
+    per_tensor = RecordDict({HEADER: ConfigRecord({}), PARAMS: ArrayRecord(torch_state_dict=params)})
+    assert len(get_all_nested_objects(content)) < len(get_all_nested_objects(per_tensor)) - 2 * (len(params) - 2)
+    short = RecordDict({HEADER: ConfigRecord(layout), PARAMS: ArrayRecord(torch_state_dict={"values": torch.zeros(3)})})
+    with pytest.raises(ConfigError, match="does not match its layout"):
+        read_params(short)
+    mixed = {"w": torch.zeros(2), "steps": torch.zeros(2, dtype=torch.int64)}
+    layout, record = params_records(mixed)
+    assert LAYOUT not in layout
+    back = read_params(RecordDict({HEADER: ConfigRecord(layout), PARAMS: record}))
+    assert back["steps"].dtype == torch.int64 and torch.equal(back["w"], mixed["w"])

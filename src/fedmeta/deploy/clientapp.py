@@ -24,9 +24,9 @@ from fedmeta.deploy.client_state import ClientStateStore
 from fedmeta.deploy.messages import (
     FIGURES,
     HEADER,
-    PARAMS,
     STEP_STATE,
     check_deployable,
+    read_params,
     train_reply,
 )
 from fedmeta.deploy.secagg import MASKED_INPUT, PROTOCOL, SHARE_KEYS, UNMASK
@@ -177,7 +177,7 @@ class ClientHandlers:
         self.steps, self.procedure = dict(steps or {}), procedure
 
     def train(self, msg: Message, context: Context) -> Message:
-        params = msg.content[PARAMS].to_torch_state_dict()  # name -> tensor
+        params = read_params(msg.content)  # name -> tensor
         protocol = dict(msg.content[PROTOCOL]) if PROTOCOL in msg.content else None
         encrypted = msg.content if ckks.CKKS in msg.content else None
         reply = client_update(dict(msg.content[HEADER]), params, dict(context.node_config), context.state, protocol,
@@ -241,7 +241,7 @@ class ClientHandlers:
         if owner is None or owner[0] != split:
             raise ConfigError("split", split, f"the split this owner evaluates in ({owner and owner[0]})")
         mine = side.data.client_at(*owner)
-        params = msg.content[PARAMS].to_torch_state_dict()
+        params = read_params(msg.content)
         use_threads(cfg, side.training.batching)
         batch = episodes([mine], [owner[1]], seed=cfg.run.seed, split=split)
         per = client_figures(side.learner, params, batch, cfg.meta.eval_inner_steps)

@@ -13,17 +13,22 @@ deployment can carry (docs/deployment.md).
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedmeta.config import Config
 from fedmeta.errors import ConfigError
 from fedmeta.federated.transport import Broadcast, Reply
 from fedmeta.ledger.commitments import SignedUpdate
+from fedmeta.params import Params
 
 TRAIN, QUERY, EVALUATE = "train", "query", "evaluate"
 HEADER, PARAMS, UPDATE, FIGURES = "header", "params", "update", "figures"
+LAYOUT = "params_layout"  # header field: the parameters' names and shapes, in their one array's order
 STEP_STATE = "fedmeta.step."  # + a client step's name: its state (e.g. the top-k residual) in the node's context
 
 
@@ -41,11 +46,35 @@ def check_deployable(cfg: Config) -> None:
 
 
 # -- the wire: plain values <-> Flower records ----------------------------------------------
+def params_records(params: Params) -> tuple[dict[str, str], ArrayRecord]:
+    """The parameters as one array, and the header field naming its pieces. Flower moves a
+    message as a tree of objects, one HTTP request per object and hop, and an array is two
+    objects: one array for the model, not one per tensor (17 objects a `train` message of
+    a 6-tensor model, 6 now). Mixed dtypes keep one array per tensor."""
+    if len({t.dtype for t in params.values()}) != 1:
+        return {}, ArrayRecord(torch_state_dict=params)
+    flat = torch.cat([t.detach().reshape(-1) for t in params.values()])
+    return {LAYOUT: json.dumps([[n, list(t.shape)] for n, t in params.items()])}, ArrayRecord(torch_state_dict={"values": flat})
+
+
+def read_params(content: RecordDict) -> Params:
+    """The parameters `params_records` wrote, checked against their layout."""
+    arrays = content[PARAMS].to_torch_state_dict()
+    if LAYOUT not in content[HEADER]:
+        return arrays
+    pieces = [(str(n), tuple(int(d) for d in shape)) for n, shape in json.loads(str(content[HEADER][LAYOUT]))]
+    flat, sizes = arrays.get("values"), [math.prod(shape) for _, shape in pieces]
+    if flat is None or flat.dim() != 1 or flat.numel() != sum(sizes):
+        raise ConfigError("params", "an array that does not match its layout", f"{sum(sizes)} values in one array")
+    return {name: part.reshape(shape) for (name, shape), part in zip(pieces, flat.split(sizes), strict=True)}
+
+
 def train_request(cfg_toml: str, b: Broadcast, round_: int, attempt: int, cid: int, run_key: str = "") -> RecordDict:
     """`run_key`: the fedmeta run's own id, under which a client keeps its state on disk."""
+    layout, params = params_records(b.params)
     header = {"config": cfg_toml, "round": round_, "attempt": attempt, "client": cid, "run_id": b.run_id,
-              "clip_norm": b.clip_norm, "run_key": run_key}
-    return RecordDict({HEADER: ConfigRecord(header), PARAMS: ArrayRecord(torch_state_dict=b.params)})
+              "clip_norm": b.clip_norm, "run_key": run_key, **layout}
+    return RecordDict({HEADER: ConfigRecord(header), PARAMS: params})
 
 
 def train_reply(cid: int, reply: Reply) -> RecordDict:

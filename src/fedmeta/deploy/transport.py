@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedmeta.config import Config
@@ -25,6 +25,7 @@ from fedmeta.deploy.messages import (
     QUERY,
     TRAIN,
     check_deployable,
+    params_records,
     read_reply,
     train_request,
 )
@@ -159,8 +160,9 @@ class FlowerTransport:
         order): each evaluates on its rows, only its figures come back."""
         self.rejoin()
         nodes = {i: n for i, n in self.evaluators[split].items() if i < MAX_TRAIN_CLIENTS}
-        header = ConfigRecord({"config": self.toml, "split": split})
-        asks = {i: RecordDict({HEADER: header, PARAMS: ArrayRecord(torch_state_dict=params)}) for i in sorted(nodes)}
+        layout, record = params_records(params)
+        header = ConfigRecord({"config": self.toml, "split": split, **layout})
+        asks = {i: RecordDict({HEADER: header, PARAMS: record}) for i in sorted(nodes)}
         dropped: dict[int, str] = {}
         replies = self.send(EVALUATE, asks, f"evaluate.{split}", dropped, nodes)
         for i, why in sorted(dropped.items()):
