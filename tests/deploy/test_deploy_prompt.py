@@ -3,7 +3,8 @@ pull, with replies collected as they arrive (Flower's own `send_and_receive` sle
 between pulls): every reply comes back, soon after it arrives; a message nobody answers
 ends the wait at the timeout; other calls reach the grid. `Backoff`: fast after work,
 doubling to its ceiling. The supernode's loop: its idle poll on the backoff, reset by each
-message it receives; its waits on its own state short; its object pulls prompt."""
+message it receives (which wakes the executor); its waits on its own state short; its
+object pulls prompt."""
 
 import functools
 import time
@@ -67,7 +68,8 @@ def test_the_supernode_loop_polls_on_the_backoff_and_waits_briefly_on_its_own_st
     monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
     got = iter([None, None, 7, None])
     monkeypatch.setattr(loop, "_pull_and_store_message", lambda **kw: next(got))
-    assert prompt_supernode(0.4)
+    rang = []
+    assert prompt_supernode(0.4, lambda: rang.append(1))
     clock = loop.time
     assert isinstance(clock, SupernodeClock) and clock.monotonic is time.monotonic
     assert isinstance(loop.pull_objects, functools.partial)
@@ -79,6 +81,7 @@ def test_the_supernode_loop_polls_on_the_backoff_and_waits_briefly_on_its_own_st
     clock.sleep(0.5)  # Flower's wait for a reply in its own state
     assert slept == [Backoff.LOW, 2 * Backoff.LOW, Backoff.LOW]
     assert [loop._pull_and_store_message() for _ in range(3)] == [None, None, 7]  # a message: the backoff resets
+    assert rang == [1]  # and the executor is woken, once
     clock.sleep(3)
     assert slept[-1] == Backoff.LOW
 

@@ -20,6 +20,8 @@ import argparse
 import importlib
 import io
 import logging
+import os
+import select
 import threading
 import time
 import tomllib
@@ -139,17 +141,20 @@ class Executor:
         res = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
         return res.token if res.HasField("task") and res.token else None
 
-    def serve(self, stop: threading.Event | None = None) -> None:
-        """Ask for work on a `Backoff` up to `poll` s, reset by each task, and run each
-        task, until `stop` is set."""
+    def serve(self, stop: threading.Event | None = None, wake: int | None = None) -> None:
+        """Ask for work on a `Backoff` up to `poll` s, reset by each task, and at once when
+        a byte comes down `wake` (a pipe the supernode writes to for each message it
+        stores); run each task, until `stop` is set."""
         stop, backoff = stop or threading.Event(), Backoff(self.poll)
         while not stop.is_set():
             token = self.acquire()
-            if token is None:
-                stop.wait(backoff())
-            else:
+            if token is not None:
                 self.run_task(token)
                 backoff.reset()
+            elif wake is None:
+                stop.wait(backoff())
+            elif select.select([wake], [], [], backoff())[0] and not os.read(wake, 4096):
+                wake = None  # the supernode closed the pipe: poll alone
 
     def run_task(self, token: str) -> None:
         """One token, as `flwr-clientapp` runs it: the reply (or an error reply) and the
@@ -211,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--secret-file", type=Path, help="The SuperExec secret the supernode was given.")
     parser.add_argument("--poll", type=float, default=0.5, help="The longest wait between requests for work (s).")
     parser.add_argument("--parent-pid", type=int, help="Exit when this process (the supernode) is gone.")
+    parser.add_argument("--wake-fd", type=int, help="A pipe the supernode writes a byte to for each message.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s executor %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         start_parent_process_monitor(args.parent_pid)
     secret = args.secret_file.read_bytes() if args.secret_file else None
     try:
-        Executor(args.runtime_api_address, args.app, secret, args.poll).serve()
+        Executor(args.runtime_api_address, args.app, secret, args.poll).serve(wake=args.wake_fd)
     except KeyboardInterrupt:
         pass
 

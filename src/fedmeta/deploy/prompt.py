@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -107,10 +108,11 @@ def prompt_pulls(module: ModuleType, backoff: float) -> bool:
     return True
 
 
-def prompt_supernode(poll: float) -> bool:
+def prompt_supernode(poll: float, on_message: Callable[[], None] = lambda: None) -> bool:
     """Flower's supernode loop polling the superlink on a `Backoff` up to `poll` s, reset
-    by every message it receives, and its pulls prompt; False where the loop is not as read
-    (another Flower), which then keeps Flower's own waits."""
+    by every message it receives (after which it calls `on_message`), and its pulls
+    prompt; False where the loop is not as read (another Flower), which then keeps
+    Flower's own waits."""
     import flwr.supernode.start_client_internal as loop
 
     receive = getattr(loop, "_pull_and_store_message", None)
@@ -123,6 +125,7 @@ def prompt_supernode(poll: float) -> bool:
         run_id = receive(*args, **kwargs)
         if run_id is not None:  # a message: the next is likely soon
             backoff.reset()
+            on_message()
         return run_id
 
     loop.time, loop._pull_and_store_message = SupernodeClock(backoff), received

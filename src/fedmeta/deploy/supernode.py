@@ -5,7 +5,8 @@ It runs Flower's own `flower-supernode` (same flags, same connection, authentica
 state) in this process with `--isolation process`, and starts `executor.py` beside it,
 which runs every message in one loaded ClientApp instead of a new process per message.
 The two share a random SuperExec secret (a private file, removed on exit), so no other
-process on the machine can take the node's tasks from its Runtime API.
+process on the machine can take the node's tasks from its Runtime API, and a pipe down
+which the supernode wakes the executor for each message it stores.
 
 Flower's supernode loop waits at most `--poll` s at a time here (`prompt.py`). A small
 poll costs the superlink one request per supernode per poll: keep it around a second
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import os
 import secrets
 import shutil
@@ -37,6 +39,14 @@ def stop_with(executor: subprocess.Popen) -> None:
         return
     print(f"fedmeta supernode: the ClientApp executor exited with status {code}", file=sys.stderr)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def ring_once(fd: int) -> None:
+    """One byte down the executor's wake pipe; a full pipe already holds a wake-up."""
+    try:
+        os.write(fd, b"!")
+    except BlockingIOError:
+        pass
 
 
 def flower_args(args: list[str], secret_file: Path) -> list[str]:
@@ -62,12 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     secret.chmod(0o600)
     from fedmeta.deploy.launch import die_with_parent
 
+    wake, ring = os.pipe()  # a byte per message the supernode stores: the executor asks for it at once
+    os.set_blocking(ring, False)
     executor = subprocess.Popen(  # noqa: PLW1509  (prctl, getppid, kill: async-signal-safe)
         [sys.executable, "-m", "fedmeta.deploy.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
-         "--app", args.app, "--secret-file", str(secret), "--poll", str(args.poll), "--parent-pid", str(os.getpid())],
-        preexec_fn=die_with_parent())
+         "--app", args.app, "--secret-file", str(secret), "--poll", str(args.poll), "--parent-pid", str(os.getpid()),
+         "--wake-fd", str(wake)],
+        preexec_fn=die_with_parent(), pass_fds=(wake,))
+    os.close(wake)
     threading.Thread(target=stop_with, args=(executor,), daemon=True).start()
-    if not prompt_supernode(args.poll):
+    if not prompt_supernode(args.poll, functools.partial(ring_once, ring)):
         print("fedmeta supernode: this Flower's supernode loop keeps its own sleeps", file=sys.stderr)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
