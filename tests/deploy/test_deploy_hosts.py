@@ -263,10 +263,11 @@ def test_node_authentication_reaches_flower_flags(tmp_path, capsys):
 def test_three_hosts_with_node_authentication_survive_restarts(network, config, tmp_path):
     """The run goes on while supernode 1 stops and restarts (its registered key gives it its
     node id back) and after the superlink's crash (its database keeps the registrations;
-    the ServerApp resumes from the checkpoint). 3 to 4 minutes on 2 cores."""
+    the ServerApp resumes from the checkpoint). 3 to 4 minutes on 2 cores. A round takes
+    about a second, so the run has enough of them to outlast a supernode's restart."""
     server_key = tmp_path / "server.pem"
     keys.save_private_key(signer := keys.generate(), server_key)
-    cfg = config("sinusoid", rounds=7, clients_per_round=3)
+    cfg = config("sinusoid", rounds=80, clients_per_round=3)
     cfg = cfg.model_validate({**cfg.model_dump(exclude_none=True), "ledger": {"enabled": True, "server_key": str(server_key)}})
     run = RunDir.create(tmp_path / "run", cfg)
     run.close()  # the ServerApp process is the folder's writer
