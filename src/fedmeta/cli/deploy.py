@@ -47,14 +47,13 @@ def _tls(insecure: bool, ca: Path | None, cert: Path | None = None, key: Path | 
     return None if insecure else TLS(ca, cert, key)
 
 
-def _run(cmd: list[str], show: bool) -> None:
-    """Run Flower's command with its superexec polling promptly (`PROMPT_ENV`), or print it."""
-    from fedmeta.deploy.launch import PROMPT_ENV
-
+def _run(cmd: list[str], show: bool, env: dict[str, str] | None = None) -> None:
+    """Run the command with `env` added to the environment, or print it."""
+    env = env or {}
     if show:
-        print(shlex.join([*(f"{k}={v}" for k, v in PROMPT_ENV.items()), *cmd]))
+        print(shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
         return
-    code = subprocess.call(cmd, env={**os.environ, **PROMPT_ENV})
+    code = subprocess.call(cmd, env={**os.environ, **env})
     if code:  # Flower's own status (128 + N when signal N ended it); a typer.Exit would be lost
         raise SystemExit(code if code > 0 else 128 - code)
 
@@ -172,7 +171,7 @@ def superlink(
     show: Show = False,
 ) -> None:
     """Start Flower's superlink (the server side), with TLS unless --insecure."""
-    from fedmeta.deploy.launch import check_insecure_host, check_port, superlink_command
+    from fedmeta.deploy.launch import PROMPT_ENV, check_insecure_host, check_port, superlink_command
 
     check_port("--port", port)
     if host is not None and not host.strip():
@@ -182,7 +181,8 @@ def superlink(
     tls = _tls(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)
     if tls is None and host is not None:
         check_insecure_host("--host", host, allow_insecure_remote)
-    _run(superlink_command(port, tls, host, node_auth=enable_supernode_auth, database=database), show)
+    _run(superlink_command(port, tls, host, node_auth=enable_supernode_auth, database=database), show,
+         PROMPT_ENV)  # its superexec, which starts the ServerApp, polling promptly
 
 
 @deploy.command()
