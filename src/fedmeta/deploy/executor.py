@@ -59,11 +59,18 @@ def fab_clientapp(content: bytes) -> str:
         raise ValueError(f"the run's FAB names no ClientApp ({type(err).__name__}: {err})") from None
 
 
-def pull_task(client: Any, backoff: float) -> tuple[Any, Any, Any]:
+class TaskAbandoned(RuntimeError):
+    """The supernode no longer counts the task as running (its message never fully arrived)."""
+
+
+def pull_task(client: Any, backoff: float, abandoned: Any = lambda: False,
+              max_time: float = 60.0) -> tuple[Any, Any, Any]:
     """The task's message, the node's context and the run's FAB from the Runtime API, as
     `flwr-clientapp` pulls them, except that an object not yet in the node's store is asked
     for again after `backoff` s (Flower waits 1 s, doubling): the supernode offers the task
-    before the message's objects have all arrived from the superlink."""
+    before the message's objects have all arrived from the superlink. Unlike a process per
+    task, this one process must not wait for objects that will never come (the superlink
+    restarted, the run ended): the pull stops once `abandoned()` or after `max_time` s."""
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, fab_from_proto
     from flwr.proto.node_pb2 import Node
@@ -82,10 +89,16 @@ def pull_task(client: Any, backoff: float) -> tuple[Any, Any, Any]:
     if not pulled.messages_list:
         raise RuntimeError("the supernode offered a task without a message")
     tree, node = pulled.message_object_trees[0], Node(node_id=context.node_id)
+    pull_object = make_pull_object_fn_protobuf(client.PullObject, node, context.run_id)
+
+    def pull(object_id: str) -> bytes:
+        if abandoned():
+            raise TaskAbandoned(f"the supernode gave up task {task.task_id}")  # not retried: the pull stops
+        return pull_object(object_id)
+
     message = pull_and_inflate_object_from_tree(
-        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
-        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
-        return_type=Message, initial_backoff=backoff, backoff_cap=max(backoff, 1.0))
+        tree, pull, make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=backoff, backoff_cap=max(backoff, 1.0), max_time=max_time)
     message.metadata.__dict__["_message_id"] = tree.object_id  # a deflated message does not carry its own id
     return message, context, fab_from_proto(task.fab)
 
@@ -183,7 +196,7 @@ class Executor:
         status, details = SubStatus.FAILED, "ClientApp task failed"
         started = time.perf_counter()
         try:
-            message, context, fab = pull_task(client, Backoff.LOW)
+            message, context, fab = pull_task(client, Backoff.LOW, lambda: beat.lost)
             asked = fab_clientapp(fab.content)
             if asked not in self.accepted:
                 raise PermissionError(f"this supernode runs {self.app_ref}; the run's FAB asks for {asked}")
